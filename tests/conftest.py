@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+def load_case(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    sidecar = json.loads((FIXTURES / f"{name}.json").read_text())
+    return sidecar, load_file(str(FIXTURES / f"{name}.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def tiny_weights() -> dict[str, torch.Tensor]:
+    """The reference tiny model's weights (stored as exact float8 values) in float32."""
+    return {k: v.float() for k, v in load_file(str(FIXTURES / "tiny_model.safetensors")).items()}
