@@ -1,16 +1,27 @@
-"""Noise schedules and the SUPIR denoiser (EDM wrapper around GLVControl + UNet).
+"""Noise schedules, the SUPIR denoiser (EDM wrapper around GLVControl + UNet) and the samplers.
 
-Schedules are plain Python floats so the sampling loop never reads tensor values on the host.
+Schedules and every per-step weight are plain Python floats, so the sampling loops never read tensor
+values on the host (they also run under fake tensors, which the memory benchmark relies on).
+
+The samplers follow k-diffusion's shape: plain functions with one signature,
+``sampler(denoiser, x, sigmas, cond, settings, callback=None, noise=None) -> x``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 import torch
+
+from .tiling import Window, gaussian_tile_weights, tile_extent, tile_grid
+
+logger = logging.getLogger(__name__)
 
 NUM_TRAIN_TIMESTEPS = 1000
 SIGMA_MAX = 14.6146  # the original's literal constant for the CFG/control/restoration ramps

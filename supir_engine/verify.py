@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -179,16 +180,17 @@ def run_upscale_image(models: FixtureModels, sidecar: Mapping, t: Mapping[str, t
     return run_upscale_image_case(sidecar, t)
 
 
-def run_text(models: FixtureModels, sidecar: Mapping, t: Mapping[str, torch.Tensor]) -> Pairs:
-    from .models.text import text_case_pairs
+def run_text(models: FixtureModels, sidecar: Mapping, t: Mapping[str, torch.Tensor]) -> list[Check]:
+    from .models.text import run_text_case
 
-    return text_case_pairs(models.conditioner, sidecar, t)
+    _, single = tolerances_from_index(models.index)
+    comparisons = run_text_case(models.conditioner, sidecar, t, single.atol, single.rtol)
+    return [Check(c.name, c.passed, c.max_abs_err, float("nan"), "") for c in comparisons]
 
 
 def run_batchify(models: FixtureModels, sidecar: Mapping, t: Mapping[str, torch.Tensor]) -> Pairs:
     from .pipeline import run_batchify_case
 
-    unet, control = models.unet_and_control
     return run_batchify_case(models.denoiser, models.first_stage, sidecar, t)
 
 
@@ -236,7 +238,7 @@ class CaseResult:
     def line(self) -> str:
         finite = [c for c in self.checks if c.note != "psnr"]
         max_abs = max((c.max_abs for c in finite), default=0.0)
-        max_rel = max((c.max_rel for c in finite), default=0.0)
+        max_rel = max((c.max_rel for c in finite if not math.isnan(c.max_rel)), default=0.0)
         notes = "; ".join(f"{c.name}: {c.note}" for c in self.checks if c.note and c.note != "exact")
         verdict = "PASS" if self.passed else "FAIL"
         failed = [c.name for c in self.checks if not c.passed]

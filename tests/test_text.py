@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -26,9 +28,15 @@ logger = logging.getLogger(__name__)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PREFIX = "conditioner."
-TEXT_CASES = sorted(
-    p.stem for p in FIXTURES.glob("*.json") if json.loads(p.read_text()).get("case") == "i_text_conditioning"
-)
+
+
+def _text_case_names() -> list[str]:
+    index = json.loads((FIXTURES / "index.json").read_text())["fixtures"]
+    sidecars = {name: json.loads((FIXTURES / entry["sidecar"]).read_text()) for name, entry in index.items()}
+    return sorted(name for name, sidecar in sidecars.items() if sidecar.get("case") == "i_text_conditioning")
+
+
+TEXT_CASES = _text_case_names()
 
 
 def _load_case(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -174,6 +182,33 @@ def test_bigg_tokenizer_matches_open_clip() -> None:
     texts = [case_text for case in TEXT_CASES for case_text in _load_case(case)[0]["c_texts"]]
     texts += ["<end_of_text> hi <|endoftext|> X", "a\u00a0\u3000b\t\nc", "don't STOP'll", "x" * 400, ""]
     assert torch.equal(open_clip.tokenize(texts), tokenizer.tokenize_bigg(texts))
+
+
+def _hf_clip_tokenizer(directory: Path) -> object:
+    """transformers' CLIPTokenizer built from open_clip's BPE file (vocab.json / merges.txt written here)."""
+    transformers = pytest.importorskip("transformers")
+    bpe = tokenizer.get_bpe()
+    vocab = {**bpe.token_ids, "<|startoftext|>": 49406, "<|endoftext|>": 49407}
+    with gzip.open(tokenizer.find_bpe_vocab(), "rt", encoding="utf-8") as f:
+        merges = f.read().split("\n")[1 : 49152 - 256 - 2 + 1]
+    (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    params = inspect.signature(transformers.CLIPTokenizer.__init__).parameters
+    names = ("vocab_file", "merges_file") if "vocab_file" in params else ("vocab", "merges")  # 4.x vs 5.x
+    files = (str(directory / "vocab.json"), str(directory / "merges.txt"))
+    return transformers.CLIPTokenizer(**dict(zip(names, files)))
+
+
+def test_clip_l_tokenizer_matches_transformers(tmp_path: Path) -> None:
+    """Exact against the slow, ftfy-using tokenizer (transformers 4.x, as the original ran); transformers 5
+    has no ftfy step and matches special tokens case-sensitively, so only plain texts are compared there."""
+    hf = _hf_clip_tokenizer(tmp_path)
+    texts = [t for case in TEXT_CASES for side in ("c", "uc") for t in _load_case(case)[0][f"{side}_texts"]]
+    texts += ["", "<|endoftext|> a <|ENDOFTEXT|>b", "don't STOP'll x2.5 \u6771\u4eac \U0001f600", "y " * 100]
+    if getattr(hf, "fix_text", None) is None:
+        texts = [t for t in texts if "&" not in t and "<|" not in t]
+    ref = hf(texts, truncation=True, max_length=77, padding="max_length", return_tensors="pt")["input_ids"]
+    assert torch.equal(tokenizer.tokenize_clip_l(texts), ref)
 
 
 def test_bpe_vocab_located() -> None:

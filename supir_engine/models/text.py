@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .blocks import timestep_embedding
 from .tokenizer import encode_clip_l, tokenize_bigg, tokenize_clip_l
 
 logger = logging.getLogger(__name__)
@@ -312,15 +313,8 @@ def size_embedding(
     values: Sequence[float], dim: int = 256, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """[1, len(values) * dim] float32: each number as the timestep sinusoid [cos | sin], concatenated."""
-    half = dim // 2
     t = torch.tensor(values, dtype=torch.float32, device=device)
-    # Same operation order as sgm's timestep_embedding (multiply, then divide).
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=device) / half)
-    args = t[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb.reshape(1, -1)
+    return timestep_embedding(t, dim).reshape(1, -1)
 
 
 class TextConditioner(nn.Module):
