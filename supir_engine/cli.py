@@ -4,17 +4,38 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import logging
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from .checkpoints import LoadOptions, LoadReport, load_supir
-from .errors import SupirError
+from .errors import CancelledError, SupirError
+from .settings import PRESETS, UpscaleSettings, preset
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+HELP = {
+    "scale": "upscale factor", "min_size": "minimum short side in pixels (the original uses 1024)",
+    "alignment": "output sides are rounded to a multiple of this", "steps": "sampler steps",
+    "sampler": "restore_edm or restore_dpmpp_2m", "cfg_scale": "text guidance (CFG) scale",
+    "cfg_scale_start": "CFG at the first step, ramping linearly to --cfg-scale ('none': constant)",
+    "control_scale": "control (stage-2) strength",
+    "control_scale_start": "control strength at the first step ('none': constant)",
+    "restoration_scale": "restoration guidance towards the stage-1 image (<= 0: off)",
+    "s_churn": "noise churn per step", "s_noise": "churn noise scale", "eta": "DPM++ 2M stochasticity",
+    "color_fix": "wavelet, adain or none", "denoise_stage": "run stage 1 (denoise encoder)",
+    "caption": "description of the image, put before the positive prompt", "positive_prompt": "positive prompt",
+    "negative_prompt": "negative prompt", "seed": "-1 draws a random seed (reported)",
+    "tile_size": "sampler tile size in latent pixels (image px / 8); default untiled",
+    "tile_stride": "sampler tile stride in latent pixels", "vae_encoder_tile": "VAE encoder tile (image px)",
+    "vae_decoder_tile": "VAE decoder tile (latent px)",
+}
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -32,7 +53,38 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write a tiny random model in the real layout to a temporary folder and check that instead",
     )
+    add_upscale_parser(commands)
     return parser
+
+
+def _optional(kind):
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+
+    return parse
+
+
+def add_upscale_parser(commands) -> None:
+    up = commands.add_parser("upscale", help="restore and upscale images")
+    up.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    up.add_argument("-o", "--output", type=Path, help="output file (one input) or folder (default supir_outputs)")
+    up.add_argument("--sdxl", type=Path, help="SDXL base checkpoint (default: looked up in --models-dir)")
+    up.add_argument("--supir", type=Path, help="SUPIR checkpoint (default: SUPIR-v0Q/F in --models-dir)")
+    up.add_argument("--model", choices=["Q", "F"], default="Q", help="SUPIR-v0Q (quality) or v0F (fidelity)")
+    up.add_argument("--models-dir", type=Path, help="where to look for models (default models/SUPIR)")
+    up.add_argument("--preset", choices=sorted(PRESETS), default="quality", help="parameter preset")
+    up.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weight storage dtype")
+    up.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu (default: best available)")
+    up.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists")
+    for f in dataclasses.fields(UpscaleSettings):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            up.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=HELP.get(f.name))
+            continue
+        kind = float if "float" in f.type else int if "int" in f.type else str
+        if "None" in f.type:
+            kind = _optional(kind)
+        up.add_argument(flag, type=kind, default=None, help=HELP.get(f.name))
 
 
 def format_report(report: LoadReport) -> str:
@@ -76,7 +128,106 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return run_check(args)
+        if args.command == "upscale":
+            return run_upscale(args)
     except SupirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 1
+
+
+def settings_from_args(args: argparse.Namespace) -> UpscaleSettings:
+    explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(UpscaleSettings)
+                if getattr(args, f.name) is not None}
+    try:
+        return preset(args.preset, **explicit)
+    except ValueError as exc:
+        raise SupirError(str(exc)) from exc
+
+
+def expand_inputs(patterns: Sequence[str]) -> list[Path]:
+    found: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern).expanduser()
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            found.append(path)
+        else:
+            found += sorted(Path(p) for p in glob.glob(pattern) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise SupirError(f"no images found in {', '.join(patterns)}")
+    return list(dict.fromkeys(found))
+
+
+def output_path(source: Path, args: argparse.Namespace, scale: float, single: bool) -> Path:
+    if args.output is not None and single and args.output.suffix.lower() in IMAGE_SUFFIXES:
+        return args.output
+    folder = args.output or Path("supir_outputs")
+    return folder / f"{source.stem}_SUPIR_x{scale:g}.png"
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_model_files(args: argparse.Namespace) -> tuple[Path, Path]:
+    from .model_files import default_models_dir, find_sdxl, find_supir
+
+    folder = args.models_dir or default_models_dir()
+    supir = args.supir or find_supir(folder, args.model)
+    sdxl = args.sdxl or find_sdxl(folder, exclude=supir)
+    return sdxl, supir
+
+
+def run_upscale(args: argparse.Namespace) -> int:
+    from .progress import TqdmHost
+    from .upscale_io import load_image, save_png
+
+    settings = settings_from_args(args)
+    inputs = expand_inputs(args.inputs)
+    single = len(inputs) == 1
+    jobs = [(src, output_path(src, args, settings.scale, single)) for src in inputs]
+    if args.skip_existing:
+        skipped = [src for src, dst in jobs if dst.exists()]
+        jobs = [(src, dst) for src, dst in jobs if not dst.exists()]
+        if skipped:
+            print(f"skipping {len(skipped)} image(s) already done", file=sys.stderr)
+    if not jobs:
+        return 0
+    sdxl, supir = resolve_model_files(args)
+    pipeline, report = load_pipeline(sdxl, supir, args)
+    print(format_report(report), file=sys.stderr)
+    failures = 0
+    for src, dst in jobs:
+        try:
+            image = load_image(src)
+            result = pipeline.upscale(image, settings, TqdmHost(src.name))
+        except SupirError as exc:
+            if isinstance(exc, CancelledError):
+                raise
+            print(f"error: {src}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        save_png(result, dst, model_name=Path(supir).stem)
+        stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+        print(f"{src} -> {dst} ({result.output_size[0]}x{result.output_size[1]}, seed {result.settings.seed}; "
+              f"{stages}{'; stage 1 cached' if result.stage1_cached else ''})", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def load_pipeline(sdxl: Path, supir: Path, args: argparse.Namespace):
+    from .pipeline import SUPIRPipeline
+
+    device = pick_device(args.device)
+    dtype = DTYPES[args.dtype]
+    start = time.perf_counter()
+    model, report = load_supir(sdxl, supir, LoadOptions(dtype=dtype))
+    report.seconds = time.perf_counter() - start
+    return SUPIRPipeline(model, device), report

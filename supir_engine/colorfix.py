@@ -57,7 +57,9 @@ def _blur(image: torch.Tensor, radius: int) -> torch.Tensor:
     return F.conv2d(padded, kernel, groups=channels, dilation=radius)
 
 
-def wavelet_decomposition(image: torch.Tensor, levels: int = WAVELET_LEVELS) -> tuple[torch.Tensor, torch.Tensor]:
+def wavelet_decomposition(
+    image: torch.Tensor, levels: int = WAVELET_LEVELS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of the band-pass layers, the ``levels``-times blurred image); radius 2**i at level i."""
     high = torch.zeros_like(image)
     low = image

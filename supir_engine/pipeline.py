@@ -27,27 +27,25 @@ from .host import Host, NullHost
 from .models import SUPIRModel
 from .models.vae import FirstStage, split_moments
 from .preprocess import prepare_image, to_pil
-from .sampling import SAMPLERS, Conditioning, Denoiser, GuidedConditioning, SamplerSettings, sampler_sigmas
+from .sampling import (
+    SAMPLERS,
+    SCHEDULES,
+    Conditioning,
+    Denoiser,
+    GuidedConditioning,
+    NoiseSource,
+    SamplerSettings,
+    generator_noise,
+)
 from .settings import UpscaleSettings
 
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
-NoiseSource = Callable[[torch.Tensor], torch.Tensor]
 
 
 def resolve_seed(seed: int) -> int:
     return random.randint(0, MAX_SEED) if seed is None or seed < 0 else int(seed)
-
-
-def generator_noise(generator: torch.Generator) -> NoiseSource:
-    """Standard-normal draws from a CPU generator: the same seed gives the same image on any device."""
-
-    def draw(like: torch.Tensor) -> torch.Tensor:
-        values = torch.randn(like.shape, generator=generator, dtype=torch.float32)
-        return values.to(device=like.device, dtype=like.dtype)
-
-    return draw
 
 
 @dataclass
@@ -109,7 +107,8 @@ def restore_latent(
     noise: NoiseSource,
     callback: Callable | None = None,
 ) -> torch.Tensor:
-    return SAMPLERS[sampler](denoiser, initial_noise, sampler_sigmas(steps), guided, settings, callback, noise)
+    sigmas = SCHEDULES[sampler](steps)
+    return SAMPLERS[sampler](denoiser, initial_noise, sigmas, guided, settings, callback, noise)
 
 
 @dataclass
@@ -168,10 +167,13 @@ class SUPIRPipeline:
         return self.model.first_stage_model.config.scale_factor
 
     @contextlib.contextmanager
-    def _stage(self, name: str, host: Host, timings: dict[str, float], *modules: torch.nn.Module) -> Iterator[None]:
+    def _stage(
+        self, name: str, host: Host, timings: dict[str, float], *modules: torch.nn.Module, total: int = 1
+    ) -> Iterator[None]:
+        """Run a stage with its modules on the device; stages with steps report them themselves."""
         if host.should_stop():
             raise CancelledError("stopped before " + name)
-        host.progress(name, 0, 1)
+        host.progress(name, 0, total)
         start = time.perf_counter()
         moved = [m for m in modules if self.device.type != "cpu"]
         for m in moved:
@@ -182,7 +184,8 @@ class SUPIRPipeline:
             for m in moved:
                 m.to("cpu")
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-        host.progress(name, 1, 1)
+        if total == 1:
+            host.progress(name, 1, 1)
 
     def clear_cache(self) -> None:
         self._stage1_cache = None
@@ -254,7 +257,7 @@ class SUPIRPipeline:
             if host.should_stop():
                 raise CancelledError(f"stopped after sampler step {info.step + 1} of {info.total}")
 
-        with self._stage("sampling", host, timings, self.model.model):
+        with self._stage("sampling", host, timings, self.model.model, total=settings.steps):
             latent = restore_latent(
                 denoiser, settings.sampler, initial, guided, sampler_settings(settings), settings.steps, noise, on_step
             )

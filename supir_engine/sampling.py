@@ -109,3 +109,786 @@ def _per_sample(values: list[float], like: torch.Tensor) -> torch.Tensor | float
 
 def conditioning_from_tensors(tensors: Mapping[str, torch.Tensor]) -> Conditioning:
     return Conditioning(tensors["crossattn"], tensors["vector"], tensors["control"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Schedules of the DPM++ 2M sampler
+
+
+def _linspace01_f32(n: int) -> np.ndarray:
+    """torch.linspace(0, 1, n) in float32, same arithmetic (two halves, from each end)."""
+    if n == 1:
+        return np.zeros(1, dtype=np.float32)
+    step = np.float32(1.0) / np.float32(n - 1)
+    idx = np.arange(n)
+    head = idx.astype(np.float32) * step
+    tail = np.float32(1.0) - (n - 1 - idx).astype(np.float32) * step
+    return np.where(idx < n // 2, head, tail).astype(np.float32)
+
+
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> list[float]:
+    """Karras et al. schedule of n sigmas from sigma_max down to sigma_min plus a trailing 0, in float32."""
+    if n < 1:
+        raise ValueError(f"the Karras schedule needs at least one step, got {n}")
+    if not 0 < sigma_min <= sigma_max:
+        raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min} and {sigma_max}")
+    f32 = np.float32
+    min_inv_rho = f32(sigma_min) ** f32(1 / rho)
+    max_inv_rho = f32(sigma_max) ** f32(1 / rho)
+    sigmas = (max_inv_rho + _linspace01_f32(n) * (min_inv_rho - max_inv_rho)) ** f32(rho)
+    return [float(s) for s in sigmas.astype(np.float32)] + [0.0]
+
+
+def dpmpp_2m_sigmas(steps: int) -> list[float]:
+    """The restore DPM++ 2M schedule: Karras from the legacy schedule's first to its last non-zero sigma.
+
+    The lower end is legacy[-2] (e.g. ~0.398 for 8 steps), not the smallest training sigma.
+    """
+    legacy = sampler_sigmas(steps)
+    return karras_sigmas(steps, legacy[-2], legacy[0])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Settings
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _finite(name: str, value: float) -> None:
+    _require(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        f"{name} must be a finite number, got {value!r}",
+    )
+
+
+def _positive_int(name: str, value: object) -> None:
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+        f"{name} must be a positive integer (latent pixels), got {value!r}",
+    )
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Everything a sampler needs besides the model, the schedule and the conditioning.
+
+    cfg_scale: text guidance scale w; with cfg_scale_start set, w ramps linearly from ~cfg_scale_start at
+        sigma = 14.6146 to cfg_scale as sigma -> 0 (the original's "linear CFG").
+    control_scale / control_scale_start: the same for the control (stage-2) scale, ramped on the unchurned
+        sigma.
+    restoration_scale: kappa of the restoration (stage-1) guidance towards the anchor; <= 0 disables it.
+        Applied while the next sigma exceeds restoration_sigma_min.
+    s_churn, s_noise, s_tmin, s_tmax: EDM churn (s_noise also scales the DPM++ 2M noise).
+    eta: DPM++ 2M stochasticity (1 = the original's default; 0 = deterministic).
+    dpm_restoration: False reproduces the original DPM++ 2M sampler, which silently ignores the restoration
+        guidance and the linear control ramp; True applies both exactly as the EDM sampler does.
+    batch_cfg: run uncond and cond as one doubled batch (True, the original) or as two calls (half the
+        activation memory, same result).
+    tile_size / tile_stride: latent tiles of the tiled samplers (both None = untiled).
+    """
+
+    cfg_scale: float = 4.0
+    cfg_scale_start: float | None = None
+    control_scale: float = 1.0
+    control_scale_start: float | None = None
+    restoration_scale: float = -1.0
+    restoration_sigma_min: float = 0.05
+    s_churn: float = 0.0
+    s_noise: float = 1.003
+    s_tmin: float = 0.0
+    s_tmax: float = math.inf
+    eta: float = 1.0
+    dpm_restoration: bool = False
+    batch_cfg: bool = True
+    tile_size: int | None = None
+    tile_stride: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cfg_scale", "control_scale", "restoration_scale", "restoration_sigma_min", "eta"):
+            _finite(name, getattr(self, name))
+        for name in ("cfg_scale_start", "control_scale_start"):
+            if getattr(self, name) is not None:
+                _finite(name, getattr(self, name))
+        for name in ("s_churn", "s_noise", "s_tmin"):
+            _finite(name, getattr(self, name))
+            _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _require(self.restoration_sigma_min >= 0, "restoration_sigma_min must be >= 0")
+        _require(self.eta >= 0, f"eta must be >= 0, got {self.eta}")
+        _require(
+            isinstance(self.s_tmax, (int, float))
+            and not math.isnan(self.s_tmax)
+            and self.s_tmax >= self.s_tmin,
+            f"s_tmax must be a number >= s_tmin ({self.s_tmin}), got {self.s_tmax!r}",
+        )
+        self._validate_tiles()
+
+    def _validate_tiles(self) -> None:
+        if self.tile_size is None and self.tile_stride is None:
+            return
+        _require(
+            self.tile_size is not None and self.tile_stride is not None,
+            "tile_size and tile_stride must be given together (or both None for untiled sampling)",
+        )
+        _positive_int("tile_size", self.tile_size)
+        _positive_int("tile_stride", self.tile_stride)
+        _require(
+            self.tile_stride <= self.tile_size,
+            f"tile_stride ({self.tile_stride}) must not exceed tile_size ({self.tile_size}): "
+            "tiles would leave gaps",
+        )
+
+    @property
+    def tiled(self) -> bool:
+        return self.tile_size is not None
+
+    def cfg_at(self, sigma: float) -> float:
+        """Text guidance scale at (churned) sigma."""
+        if self.cfg_scale_start is None:
+            return self.cfg_scale
+        return (self.cfg_scale_start - self.cfg_scale) * sigma / SIGMA_MAX + self.cfg_scale
+
+    def control_at(self, sigma: float) -> float:
+        """Control scale at (unchurned) sigma."""
+        if self.control_scale_start is None:
+            return self.control_scale
+        return (sigma / SIGMA_MAX) * (self.control_scale_start - self.control_scale) + self.control_scale
+
+    @property
+    def restoration_enabled(self) -> bool:
+        return self.restoration_scale > 0
+
+    def restoration_weight(self, sigma: float, sigma_next: float) -> float:
+        """Weight pulling the prediction towards the anchor at this step (0 = none)."""
+        if not self.restoration_enabled or not sigma_next > self.restoration_sigma_min:
+            return 0.0
+        return (sigma / SIGMA_MAX) ** self.restoration_scale
+
+    def churn(self, sigma: float, steps: int) -> float:
+        """EDM gamma of a step at sigma (steps = number of sampler steps)."""
+        if self.s_churn > 0 and self.s_tmin <= sigma <= self.s_tmax:
+            return min(self.s_churn / steps, math.sqrt(2) - 1)
+        return 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Conditioning and classifier-free guidance
+
+
+def _slice_conditioning(cond: Conditioning, window: Window) -> Conditioning:
+    h0, h1, w0, w1 = window
+    return Conditioning(cond.crossattn, cond.vector, cond.control[:, :, h0:h1, w0:w1])
+
+
+@dataclass(frozen=True)
+class GuidedConditioning:
+    """Conditional and unconditional conditioning plus the restoration anchor (x_center).
+
+    ``cond`` may be a list of conditionings, one per tile (local prompts of the tiled samplers); the
+    unconditional side is shared. Control latents and the anchor have the latent's spatial size.
+    """
+
+    cond: Conditioning | Sequence[Conditioning]
+    uncond: Conditioning
+    anchor: torch.Tensor | None = None
+
+    @property
+    def per_tile(self) -> bool:
+        return not isinstance(self.cond, Conditioning)
+
+    def single(self, index: int = 0) -> Conditioning:
+        return self.cond[index] if self.per_tile else self.cond
+
+    def tile(self, window: Window, index: int = 0) -> GuidedConditioning:
+        """The conditioning of one latent tile: control and anchor sliced spatially, text untouched."""
+        h0, h1, w0, w1 = window
+        anchor = None if self.anchor is None else self.anchor[:, :, h0:h1, w0:w1]
+        cond = _slice_conditioning(self.single(index), window)
+        return GuidedConditioning(cond, _slice_conditioning(self.uncond, window), anchor)
+
+    def batched(self) -> Conditioning:
+        """The doubled batch [uncond; cond] of the original's CFG guider."""
+        return _batched(self, {})
+
+
+def _batched(cond: GuidedConditioning, text_cache: dict) -> Conditioning:
+    single, uncond = cond.single(), cond.uncond
+    text = _doubled_text(single, uncond, text_cache)
+    return Conditioning(*text, torch.cat([uncond.control, single.control]))
+
+
+def _doubled_text(cond: Conditioning, uncond: Conditioning, cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """[uncond; cond] text tensors, concatenated once per distinct pair (tiles share them)."""
+    key = (id(uncond.crossattn), id(cond.crossattn), id(uncond.vector), id(cond.vector))
+    if key not in cache:
+        cache[key] = (torch.cat([uncond.crossattn, cond.crossattn]), torch.cat([uncond.vector, cond.vector]))
+    return cache[key]
+
+
+DenoiserFn = Callable[[torch.Tensor, float, Conditioning, float], torch.Tensor]
+
+
+def cfg_denoise(
+    denoiser: DenoiserFn,
+    x: torch.Tensor,
+    sigma: float,
+    cond: GuidedConditioning,
+    cfg_scale: float,
+    control_scale: float,
+    batched: Conditioning | None = None,
+) -> torch.Tensor:
+    """D = D_u + w (D_c - D_u); one call on the doubled batch when ``batched`` is given, else two calls."""
+    if batched is not None:
+        d_u, d_c = denoiser(torch.cat([x, x]), sigma, batched, control_scale).chunk(2)
+    else:
+        d_u = denoiser(x, sigma, cond.uncond, control_scale)
+        d_c = denoiser(x, sigma, cond.single(), control_scale)
+    return d_u + (d_c - d_u) * cfg_scale
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampler plumbing: regions (the whole latent, or its tiles), noise, callbacks
+
+NoiseSource = Callable[[torch.Tensor], torch.Tensor]
+
+
+def generator_noise(generator: torch.Generator) -> NoiseSource:
+    """A noise source drawing standard-normal tensors from ``generator`` (on the generator's device)."""
+
+    def draw(like: torch.Tensor) -> torch.Tensor:
+        out = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=generator.device)
+        return out.to(like.device)
+
+    return draw
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Passed to the callback after every step; x is the new latent, denoised the step's prediction."""
+
+    step: int
+    total: int
+    sigma: float
+    sigma_next: float
+    x: torch.Tensor
+    denoised: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TileInfo:
+    """Passed to ``tile_callback`` for every tile of every step, before blending."""
+
+    step: int
+    tile: int
+    window: Window
+    x: torch.Tensor
+    denoised: torch.Tensor
+
+
+StepCallback = Callable[[StepInfo], None]
+TileCallback = Callable[[TileInfo], None]
+
+
+@dataclass(frozen=True)
+class _Region:
+    window: Window | None
+    cond: GuidedConditioning
+    batched: Conditioning | None
+
+
+@dataclass
+class _Plan:
+    """Regions of one sampling run and, when tiled, the blending weights and their per-pixel sum."""
+
+    regions: list[_Region]
+    weights: torch.Tensor | None = None
+    weight_sum: torch.Tensor | None = None
+    tile_callback: TileCallback | None = field(default=None, repr=False)
+
+
+def _check_inputs(x: torch.Tensor, cond: GuidedConditioning, needs_anchor: bool) -> None:
+    _require(x.dim() == 4, f"x must be a [B, C, H, W] latent, got shape {tuple(x.shape)}")
+    conds = list(cond.cond) if cond.per_tile else [cond.cond]
+    _require(len(conds) > 0, "the list of per-tile conditionings is empty")
+    for c in [*conds, cond.uncond]:
+        _require(
+            tuple(c.control.shape[-2:]) == tuple(x.shape[-2:]),
+            f"control latent {tuple(c.control.shape)} does not match x {tuple(x.shape)} spatially",
+        )
+    if needs_anchor:
+        _require(cond.anchor is not None, "restoration guidance (restoration_scale > 0) needs an anchor")
+        _require(
+            tuple(cond.anchor.shape) == tuple(x.shape),
+            f"anchor shape {tuple(cond.anchor.shape)} differs from x {tuple(x.shape)}",
+        )
+
+
+def _windows(x: torch.Tensor, cond: GuidedConditioning, settings: SamplerSettings) -> list[Window | None]:
+    h, w = x.shape[-2:]
+    if not settings.tiled:
+        _require(not cond.per_tile or len(cond.cond) == 1, "per-tile conditionings need tiled sampling")
+        return [None]
+    windows = tile_grid(h, w, settings.tile_size, settings.tile_stride)
+    _require(
+        not cond.per_tile or len(cond.cond) == len(windows),
+        f"got {len(cond.cond) if cond.per_tile else 1} per-tile conditionings for {len(windows)} tiles",
+    )
+    return windows
+
+
+def _plan(
+    x: torch.Tensor,
+    cond: GuidedConditioning,
+    settings: SamplerSettings,
+    needs_anchor: bool,
+    tile_callback: TileCallback | None,
+) -> _Plan:
+    """Slice the conditioning to every region once; sampling steps only index the prepared list."""
+    _check_inputs(x, cond, needs_anchor)
+    if not needs_anchor:
+        cond = replace(cond, anchor=None)
+    text_cache: dict = {}
+    regions = []
+    for j, window in enumerate(_windows(x, cond, settings)):
+        region_cond = cond if window is None else cond.tile(window, j)
+        batched = _batched(region_cond, text_cache) if settings.batch_cfg else None
+        regions.append(_Region(window, region_cond, batched))
+    if not settings.tiled:
+        return _Plan(regions)
+    return _blend_plan(x, regions, tile_callback)
+
+
+def _blend_plan(x: torch.Tensor, regions: list[_Region], tile_callback: TileCallback | None) -> _Plan:
+    h0, h1, w0, w1 = regions[0].window
+    th, tw = h1 - h0, w1 - w0
+    # The original blends with float64 weights into float32 accumulators; MPS has no float64.
+    dtype = torch.float32 if x.device.type == "mps" else torch.float64
+    weights = gaussian_tile_weights(th, tw).to(device=x.device, dtype=dtype)
+    weight_sum = torch.zeros_like(x)
+    for region in regions:
+        weight_sum[_index(region.window)] += weights
+    return _Plan(regions, weights, weight_sum, tile_callback)
+
+
+def _index(window: Window) -> tuple[slice, ...]:
+    h0, h1, w0, w1 = window
+    return (slice(None), slice(None), slice(h0, h1), slice(w0, w1))
+
+
+RegionStep = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def _run_regions(
+    plan: _Plan, step: int, region_step: RegionStep, *full: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``region_step(region, *slices)`` on every region; blend tiles with the Gaussian weights.
+
+    ``full`` are latent-sized tensors (x first) handed to each region as its slice; returns (x, denoised).
+    """
+    if plan.weights is None:
+        return region_step(plan.regions[0], *full)
+    x_acc = torch.zeros_like(full[0])
+    d_acc = torch.zeros_like(full[0])
+    for j, region in enumerate(plan.regions):
+        index = _index(region.window)
+        x_tile, d_tile = region_step(region, *(None if t is None else t[index] for t in full))
+        if plan.tile_callback is not None:
+            plan.tile_callback(TileInfo(step, j, region.window, x_tile, d_tile))
+        x_acc[index] += x_tile * plan.weights
+        d_acc[index] += d_tile * plan.weights
+    return x_acc / plan.weight_sum, d_acc / plan.weight_sum
+
+
+def _prepare_sigmas(sigmas: Sequence[float] | torch.Tensor) -> list[float]:
+    """Python floats (a tensor is read once here, before the loop)."""
+    values = sigmas.tolist() if isinstance(sigmas, torch.Tensor) else [float(s) for s in sigmas]
+    _require(len(values) >= 2, f"a schedule needs at least two sigmas (one step), got {len(values)}")
+    _require(all(math.isfinite(s) and s >= 0 for s in values), f"sigmas must be finite and >= 0: {values}")
+    _require(all(s > 0 for s in values[:-1]), f"only the last sigma may be 0: {values}")
+    return values
+
+
+def _guided(
+    denoiser: DenoiserFn,
+    region: _Region,
+    x: torch.Tensor,
+    sigma_net: float,
+    sigma: float,
+    settings: SamplerSettings,
+    linear_control: bool = True,
+) -> torch.Tensor:
+    """CFG prediction at sigma_net (the network's sigma) with the control scale of the unchurned sigma."""
+    control = settings.control_at(sigma) if linear_control else settings.control_scale
+    return cfg_denoise(
+        denoiser, x, sigma_net, region.cond, settings.cfg_at(sigma_net), control, region.batched
+    )
+
+
+def _restore(denoised: torch.Tensor, region: _Region, weight: float) -> torch.Tensor:
+    if weight <= 0.0:
+        return denoised
+    return denoised - (denoised - region.cond.anchor) * weight
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Restoration-guided EDM (Euler, with churn)
+
+
+@dataclass(frozen=True)
+class _EDMStep:
+    sigma: float
+    sigma_next: float
+    gamma: float
+
+
+def _edm_region_step(
+    denoiser: DenoiserFn,
+    settings: SamplerSettings,
+    p: _EDMStep,
+    region: _Region,
+    x: torch.Tensor,
+    xi: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    sigma_hat = p.sigma * (p.gamma + 1.0)
+    if p.gamma > 0:
+        x = x + xi * (settings.s_noise * math.sqrt(sigma_hat**2 - p.sigma**2))
+    denoised = _guided(denoiser, region, x, sigma_hat, p.sigma, settings)
+    denoised = _restore(denoised, region, settings.restoration_weight(p.sigma, p.sigma_next))
+    d = (x - denoised) / sigma_hat
+    return x + d * (p.sigma_next - sigma_hat), denoised
+
+
+def sample_restore_edm(
+    denoiser: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: Sequence[float],
+    cond: GuidedConditioning,
+    settings: SamplerSettings,
+    callback: StepCallback | None = None,
+    noise: NoiseSource | None = None,
+    *,
+    tile_callback: TileCallback | None = None,
+) -> torch.Tensor:
+    """The original's (Tiled)RestoreEDMSampler: Euler steps with churn, CFG and restoration guidance.
+
+    ``x`` is unscaled standard-normal noise (scaled here by sqrt(1 + sigmas[0]^2); the caller's tensor is
+    not modified). Untiled, noise is drawn only at steps with gamma > 0; tiled, one full-latent draw per
+    step (used only when gamma > 0), sliced per tile, as the original does. ``callback`` gets a StepInfo
+    after every step (raise from it to cancel); ``tile_callback`` every tile's result before blending.
+    """
+    sigmas = _prepare_sigmas(sigmas)
+    noise = torch.randn_like if noise is None else noise
+    plan = _plan(x, cond, settings, settings.restoration_enabled, tile_callback)
+    steps = len(sigmas) - 1
+    logger.debug("restore_edm: %d steps, %d region(s)", steps, len(plan.regions))
+    x = x * math.sqrt(1.0 + sigmas[0] ** 2)
+    for i in range(steps):
+        p = _EDMStep(sigmas[i], sigmas[i + 1], settings.churn(sigmas[i], steps))
+        xi = noise(x) if settings.tiled or p.gamma > 0 else None
+        region_step = partial(_edm_region_step, denoiser, settings, p)
+        x, denoised = _run_regions(plan, i, region_step, x, xi)
+        if callback is not None:
+            callback(StepInfo(i, steps, p.sigma, p.sigma_next, x, denoised))
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Restore DPM++ 2M (stochastic with eta > 0)
+
+_FINAL_SIGMA = 1e-14  # the original's test for "sigma_next is zero"
+
+
+@dataclass(frozen=True)
+class _DPMStep:
+    sigma_prev: float | None  # None at the first step
+    sigma: float
+    sigma_next: float
+
+
+def _dpm_update(
+    x: torch.Tensor,
+    denoised: torch.Tensor,
+    old: torch.Tensor | None,
+    xi: torch.Tensor | None,
+    p: _DPMStep,
+    settings: SamplerSettings,
+) -> torch.Tensor:
+    if p.sigma_next < _FINAL_SIGMA:
+        # The original computes A x + B D with h = inf: A = 0, B = 1 when eta > 0, but eta * h = 0 * inf
+        # makes everything NaN when eta = 0. The limit is x = D for every eta >= 0, so return D directly.
+        return denoised
+    h = math.log(p.sigma) - math.log(p.sigma_next)
+    eta_h = settings.eta * h
+    a = p.sigma_next / p.sigma * math.exp(-eta_h)
+    b = -math.expm1(-h - eta_h)
+    if old is None:
+        return x * a + denoised * b
+    half_inv_r = h / (2 * (math.log(p.sigma_prev) - math.log(p.sigma)))
+    x = x * a + (denoised * (1 + half_inv_r) - old * half_inv_r) * b
+    if settings.eta != 0:
+        x = x + xi * (p.sigma_next * math.sqrt(-math.expm1(-2 * eta_h)) * settings.s_noise)
+    return x
+
+
+def _dpm_region_step(
+    denoiser: DenoiserFn,
+    settings: SamplerSettings,
+    p: _DPMStep,
+    region: _Region,
+    x: torch.Tensor,
+    xi: torch.Tensor | None,
+    old: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    restoration = settings.dpm_restoration
+    denoised = _guided(denoiser, region, x, p.sigma, p.sigma, settings, linear_control=restoration)
+    if restoration:
+        denoised = _restore(denoised, region, settings.restoration_weight(p.sigma, p.sigma_next))
+    return _dpm_update(x, denoised, old, xi, p, settings), denoised
+
+
+def sample_restore_dpmpp_2m(
+    denoiser: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: Sequence[float],
+    cond: GuidedConditioning,
+    settings: SamplerSettings,
+    callback: StepCallback | None = None,
+    noise: NoiseSource | None = None,
+    *,
+    tile_callback: TileCallback | None = None,
+) -> torch.Tensor:
+    """The original's (Tiled)RestoreDPMPP2MSampler (DPM++ 2M with eta-scaled noise).
+
+    ``sigmas`` is normally ``dpmpp_2m_sigmas(steps)``; ``x`` is unscaled noise, scaled by
+    sqrt(1 + sigmas[0]^2) (the original uses legacy[0], equal to the Karras sigmas[0] up to float32
+    rounding). Noise is drawn (full latent, sliced per tile) at every step except the first and the last:
+    N - 2 draws, also when eta = 0. Tiled, the previous prediction is itself blended over tiles.
+    Callbacks as in ``sample_restore_edm``.
+    """
+    sigmas = _prepare_sigmas(sigmas)
+    noise = torch.randn_like if noise is None else noise
+    needs_anchor = settings.dpm_restoration and settings.restoration_enabled
+    plan = _plan(x, cond, settings, needs_anchor, tile_callback)
+    steps = len(sigmas) - 1
+    logger.debug("restore_dpmpp_2m: %d steps, %d region(s)", steps, len(plan.regions))
+    x = x * math.sqrt(1.0 + sigmas[0] ** 2)
+    old = None
+    for i in range(steps):
+        p = _DPMStep(sigmas[i - 1] if i > 0 else None, sigmas[i], sigmas[i + 1])
+        xi = noise(x) if i > 0 and p.sigma_next > _FINAL_SIGMA else None
+        region_step = partial(_dpm_region_step, denoiser, settings, p)
+        x, old = _run_regions(plan, i, region_step, x, xi, old)
+        if callback is not None:
+            callback(StepInfo(i, steps, p.sigma, p.sigma_next, x, old))
+    return x
+
+
+Sampler = Callable[..., torch.Tensor]
+
+SAMPLERS: dict[str, Sampler] = {
+    "restore_edm": sample_restore_edm,
+    "restore_dpmpp_2m": sample_restore_dpmpp_2m,
+}
+
+SCHEDULES: dict[str, Callable[[int], list[float]]] = {
+    "restore_edm": sampler_sigmas,
+    "restore_dpmpp_2m": dpmpp_2m_sigmas,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fixture case runners: everything is read from the sidecar and the tensors, nothing from case names.
+
+Comparison = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _size_embedding(name: str, expected: torch.Tensor) -> torch.Tensor | None:
+    from .models.blocks import timestep_embedding  # models import this module
+
+    values = [float(v) for v in name.split("_")]
+    if expected.shape[-1] % len(values):
+        return None
+    emb = timestep_embedding(torch.tensor(values), expected.shape[-1] // len(values))
+    return emb.reshape(expected.shape)
+
+
+def _schedule_tensor(name: str, expected: torch.Tensor) -> torch.Tensor | None:
+    """Our value of one g-style tensor, or None when its name is not one we know how to compute."""
+    if m := re.fullmatch(r"denoiser_sigmas_(\d+)", name):
+        return torch.tensor(TRAINING_SIGMAS) if int(m[1]) == NUM_TRAIN_TIMESTEPS else None
+    if m := re.fullmatch(r"sampler_sigmas_(\d+)", name):
+        return torch.tensor(sampler_sigmas(int(m[1])))
+    if m := re.fullmatch(r"(?:dpmpp_2m|karras)_sigmas_(\d+)", name):
+        return torch.tensor(dpmpp_2m_sigmas(int(m[1])))
+    if m := re.fullmatch(r"tile_weights_(\d+)(?:x(\d+))?", name):
+        return gaussian_tile_weights(int(m[1]), int(m[2] or m[1]))
+    if m := re.fullmatch(r"size_embedding_(\d+(?:_\d+)*)", name):
+        return _size_embedding(m[1], expected)
+    return None
+
+
+def _pair(expected: torch.Tensor, actual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return expected, actual.to(expected.dtype)
+
+
+def run_schedule_case(sidecar: Mapping, tensors: Mapping[str, torch.Tensor]) -> Comparison:
+    """(expected, actual) for every schedule tensor and sliding-window list of a g-style fixture."""
+    results: Comparison = {}
+    for name, expected in tensors.items():
+        actual = _schedule_tensor(name, expected)
+        if actual is None:
+            logger.debug("schedule case: no computation for %s", name)
+        else:
+            results[name] = _pair(expected, actual)
+    for name, windows in sidecar.get("sliding_windows", {}).items():
+        m = re.fullmatch(r"(\d+)x(\d+)_tile(\d+)_stride(\d+)", name)
+        if m is None:
+            logger.debug("schedule case: cannot parse sliding window entry %s", name)
+            continue
+        actual = tile_grid(*(int(g) for g in m.groups()))
+        results[f"sliding_windows_{name}"] = (torch.tensor(windows), torch.tensor(actual))
+    return results
+
+
+def _sampler_name(sidecar: Mapping) -> str:
+    text = f"{sidecar.get('sampler', '')} {sidecar.get('case', '')}".lower()
+    if "dpmpp" in text:
+        return "restore_dpmpp_2m"
+    if "edm" in text:
+        return "restore_edm"
+    raise ValueError(f"cannot tell the sampler of this case: {text!r}")
+
+
+def _first(sidecar: Mapping, *names: str, default: object = None) -> object:
+    return next((sidecar[n] for n in names if n in sidecar), default)
+
+
+def settings_from_sidecar(sidecar: Mapping) -> SamplerSettings:
+    """SamplerSettings equivalent to the original sampler call a fixture sidecar describes.
+
+    The guider's scale (at sigma_max) and scale_min (as sigma -> 0) are preferred over the demo-level
+    cfg_scale fields; "*_passed" fields are arguments the DPM++ 2M sampler accepted and ignored, passed on
+    with dpm_restoration=False so that ignoring them is exercised too.
+    """
+    cfg_end = float(_first(sidecar, "guider_scale_min", "cfg_scale"))
+    cfg_start = float(_first(sidecar, "guider_scale", "cfg_scale_start", default=cfg_end))
+    linear_control = bool(_first(sidecar, "use_linear_control_scale", "use_linear_control_scale_passed"))
+    control_start = _first(sidecar, "control_scale_start", "control_scale_start_passed", default=0.0)
+    tile_size = sidecar.get("tile_size")
+    return SamplerSettings(
+        cfg_scale=cfg_end,
+        cfg_scale_start=None if cfg_start == cfg_end else cfg_start,
+        control_scale=float(sidecar.get("control_scale", 1.0)),
+        control_scale_start=float(control_start) if linear_control else None,
+        restoration_scale=float(_first(sidecar, "restore_cfg", "restore_cfg_passed", default=-1.0)),
+        restoration_sigma_min=float(sidecar.get("restore_cfg_s_tmin", 0.05)),
+        s_churn=float(sidecar.get("s_churn", 0.0)),
+        s_noise=float(sidecar.get("s_noise", 1.0)),
+        s_tmin=float(sidecar.get("s_tmin", 0.0)),
+        s_tmax=float(sidecar.get("s_tmax", math.inf)),
+        eta=float(sidecar.get("eta", 1.0)),
+        tile_size=None if tile_size is None else int(tile_size),
+        tile_stride=None if tile_size is None else int(sidecar["tile_stride"]),
+    )
+
+
+class _RecordedNoise:
+    """Noise source replaying rng_000, rng_001, ... in order."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]):
+        names = sorted(n for n in tensors if re.fullmatch(r"rng_\d+", n))
+        self.draws = [tensors[n] for n in names]
+        self.used = 0
+
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        if self.used >= len(self.draws):
+            raise ValueError(f"the sampler asked for more noise than the {len(self.draws)} recorded draws")
+        draw = self.draws[self.used]
+        if tuple(draw.shape) != tuple(like.shape):
+            raise ValueError(
+                f"noise draw {self.used} has shape {tuple(draw.shape)}, sampler wants {tuple(like.shape)}"
+            )
+        self.used += 1
+        return draw.to(like)
+
+
+@dataclass
+class _Recorder:
+    steps: list[StepInfo] = field(default_factory=list)
+    tiles: list[TileInfo] = field(default_factory=list)
+
+    def tile_stack(self, attr: str, num_steps: int) -> torch.Tensor:
+        per_step = [[getattr(t, attr) for t in self.tiles if t.step == s] for s in range(num_steps)]
+        return torch.stack([torch.stack(tiles) for tiles in per_step])
+
+
+def _case_conditioning(sidecar: Mapping, tensors: Mapping[str, torch.Tensor]) -> GuidedConditioning:
+    control = tensors["control"]
+    cond = Conditioning(tensors["c_crossattn"], tensors["c_vector"], control)
+    uncond = Conditioning(tensors["uc_crossattn"], tensors["uc_vector"], control)
+    anchor = tensors.get("x_center") if sidecar.get("x_center_passed", True) else None
+    return GuidedConditioning(cond, uncond, anchor)
+
+
+def _sampler_actuals(
+    name: str,
+    settings: SamplerSettings,
+    steps: int,
+    x: torch.Tensor,
+    out: torch.Tensor,
+    record: _Recorder,
+    noise: _RecordedNoise,
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """Our counterpart of every output/intermediate a sampler fixture may hold, computed on demand."""
+    h, w = x.shape[-2:]
+    actuals = {
+        "out_latent": lambda: out,
+        "intermediate_sigmas": lambda: torch.tensor(SCHEDULES[name](steps)),
+        "intermediate_legacy_sigmas": lambda: torch.tensor(sampler_sigmas(steps)),
+        "intermediate_x_after_step": lambda: torch.stack([s.x for s in record.steps]),
+        "intermediate_denoised": lambda: torch.stack([s.denoised for s in record.steps]),
+        "rng_draw_count": lambda: torch.tensor(noise.used),
+    }
+    if settings.tiled:
+        actuals |= {
+            "intermediate_tile_weights": lambda: gaussian_tile_weights(
+                *tile_extent(h, w, settings.tile_size)
+            ),
+            "intermediate_tile_coords": lambda: torch.tensor(
+                tile_grid(h, w, settings.tile_size, settings.tile_stride)
+            ),
+            "intermediate_tile_x_out": lambda: record.tile_stack("x", steps),
+            "intermediate_tile_denoised": lambda: record.tile_stack("denoised", steps),
+        }
+    return actuals
+
+
+def run_sampler_case(
+    denoiser: DenoiserFn, sidecar: Mapping, tensors: Mapping[str, torch.Tensor]
+) -> Comparison:
+    """Run the sampler a b/c/j/k-style fixture describes with its recorded noise; (expected, actual) pairs.
+
+    Compares out_latent, every intermediate the fixture holds that we produce, and the number of noise
+    draws ("rng_draw_count").
+    """
+    name = _sampler_name(sidecar)
+    settings = settings_from_sidecar(sidecar)
+    steps = int(sidecar["num_steps"])
+    noise = _RecordedNoise(tensors)
+    record = _Recorder()
+    with torch.inference_mode():
+        out = SAMPLERS[name](
+            denoiser,
+            tensors["noise"],
+            SCHEDULES[name](steps),
+            _case_conditioning(sidecar, tensors),
+            settings,
+            callback=record.steps.append,
+            noise=noise,
+            tile_callback=record.tiles.append,
+        )
+    expected = dict(tensors) | {"rng_draw_count": torch.tensor(len(noise.draws))}
+    actuals = _sampler_actuals(name, settings, steps, tensors["noise"], out, record, noise)
+    return {key: _pair(expected[key], make()) for key, make in actuals.items() if key in expected}

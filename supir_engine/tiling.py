@@ -37,14 +37,18 @@ def tile_grid(h: int, w: int, tile: int, stride: int) -> list[Window]:
     if min(h, w, tile, stride) < 1:
         raise ValueError(f"latent size, tile and stride must be positive, got {h}x{w}, {tile}, {stride}")
     if stride > tile:
-        raise ValueError(f"tile stride ({stride}) must not exceed the tile size ({tile}): tiles would leave gaps")
+        raise ValueError(
+            f"tile stride ({stride}) must not exceed the tile size ({tile}): tiles would leave gaps"
+        )
     th, tw = tile_extent(h, w, tile)
     return [(y, y + th, x, x + tw) for y in _starts(h, th, stride) for x in _starts(w, tw, stride)]
 
 
 def _gaussian(size: int, midpoint: float) -> list[float]:
     norm = math.sqrt(2 * math.pi * _WEIGHT_VARIANCE)
-    return [math.exp(-((i - midpoint) ** 2) / (size * size) / (2 * _WEIGHT_VARIANCE)) / norm for i in range(size)]
+    return [
+        math.exp(-((i - midpoint) ** 2) / (size * size) / (2 * _WEIGHT_VARIANCE)) / norm for i in range(size)
+    ]
 
 
 def gaussian_tile_weights(height: int, width: int | None = None) -> torch.Tensor:

@@ -9,6 +9,9 @@ from safetensors.torch import load_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# The test models are tiny: thread start-up costs more than it saves, and CI machines are small.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:

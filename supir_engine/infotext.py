@@ -1,0 +1,85 @@
+"""Names under which upscale settings are written into PNG text chunks and webui infotext.
+
+One table maps each UpscaleSettings attribute to its user-facing name; everything that writes or
+reads parameters (CLI, web app, webui extension) goes through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .settings import UpscaleSettings
+
+# (attribute, infotext key). Prompts are long and already in the webui's own infotext there.
+INFOTEXT_FIELDS: tuple[tuple[str, str], ...] = (
+    ("scale", "SUPIR scale"),
+    ("steps", "SUPIR steps"),
+    ("sampler", "SUPIR sampler"),
+    ("cfg_scale", "SUPIR CFG scale"),
+    ("cfg_scale_start", "SUPIR CFG start"),
+    ("control_scale", "SUPIR control scale"),
+    ("control_scale_start", "SUPIR control start"),
+    ("restoration_scale", "SUPIR restoration scale"),
+    ("s_churn", "SUPIR s_churn"),
+    ("s_noise", "SUPIR s_noise"),
+    ("eta", "SUPIR eta"),
+    ("color_fix", "SUPIR color fix"),
+    ("denoise_stage", "SUPIR stage 1"),
+    ("seed", "SUPIR seed"),
+    ("min_size", "SUPIR min size"),
+    ("alignment", "SUPIR alignment"),
+    ("tile_size", "SUPIR tile size"),
+    ("tile_stride", "SUPIR tile stride"),
+    ("caption", "SUPIR caption"),
+    ("positive_prompt", "SUPIR positive prompt"),
+    ("negative_prompt", "SUPIR negative prompt"),
+)
+MODEL_KEY = "SUPIR model"
+
+
+def to_infotext(settings: UpscaleSettings, model_name: str | None = None) -> dict[str, str]:
+    """Settings as {infotext key: text}; ``None`` (a constant scale, untiled) is written as None."""
+    params = {key: _format(getattr(settings, attr)) for attr, key in INFOTEXT_FIELDS}
+    if model_name:
+        params[MODEL_KEY] = model_name
+    return params
+
+
+def from_infotext(params: Mapping[str, str], base: UpscaleSettings | None = None) -> UpscaleSettings:
+    """Settings from infotext keys; keys absent fall back to ``base`` (default settings)."""
+    base = base or UpscaleSettings()
+    types = {f.name: f.type for f in dataclasses.fields(UpscaleSettings)}
+    changes: dict[str, Any] = {}
+    for attr, key in INFOTEXT_FIELDS:
+        if key in params:
+            changes[attr] = _parse(str(params[key]), types[attr])
+    return base.replace(**changes)
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value) if ("," in value or ":" in value or '"' in value) else value
+    return str(value)
+
+
+def _parse(text: str, annotation: str) -> Any:
+    text = text.strip()
+    if text == "None" and "None" in annotation:
+        return None
+    if text.startswith('"'):
+        return json.loads(text)
+    if "bool" in annotation:
+        return text.lower() in ("true", "1", "yes")
+    if "float" in annotation:
+        return float(text)
+    if "int" in annotation:
+        return int(float(text))
+    return text
+
+
+def infotext_line(params: Mapping[str, str]) -> str:
+    """``key: value, key: value`` as the webui writes generation parameters."""
+    return ", ".join(f"{k}: {v}" for k, v in params.items())

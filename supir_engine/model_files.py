@@ -1,0 +1,54 @@
+"""Locating model files, and telling users where to get them when they are missing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import CheckpointNotFoundError
+
+MODELS_DIR_ENV = "SUPIR_MODELS_DIR"
+SUPIR_PATTERNS = {"Q": ("SUPIR-v0Q*", "supir_v0q*", "*v0Q*"), "F": ("SUPIR-v0F*", "supir_v0f*", "*v0F*")}
+SDXL_PATTERNS = ("sd_xl_base*", "sdxl_base*", "*juggernaut*xl*", "*Juggernaut*XL*", "*sdxl*")
+SUFFIXES = (".safetensors", ".ckpt")
+
+HOW_TO_GET_SUPIR = (
+    "Download SUPIR-v0Q (or SUPIR-v0F) from the links in the official SUPIR repository "
+    "(https://github.com/Fanghua-Yu/SUPIR; non-commercial licence) - the original .ckpt or an fp16 "
+    ".safetensors conversion - and put it in {folder}, or pass its path with --supir."
+)
+HOW_TO_GET_SDXL = (
+    "SUPIR runs on an SDXL base model: download sd_xl_base_1.0.safetensors "
+    "(huggingface.co/stabilityai/stable-diffusion-xl-base-1.0) or a Juggernaut-XL checkpoint and put it in "
+    "{folder}, or pass its path with --sdxl."
+)
+
+
+def default_models_dir() -> Path:
+    return Path(os.environ.get(MODELS_DIR_ENV, "models/SUPIR")).expanduser()
+
+
+def _find(folder: Path, patterns: tuple[str, ...]) -> Path | None:
+    if not folder.is_dir():
+        return None
+    for pattern in patterns:
+        hits = sorted(p for p in folder.glob(pattern) if p.suffix.lower() in SUFFIXES)
+        if hits:
+            return hits[0]
+    return None
+
+
+def find_supir(folder: Path, variant: str = "Q") -> Path:
+    found = _find(folder, SUPIR_PATTERNS[variant.upper()])
+    if found is None:
+        raise CheckpointNotFoundError(f"no SUPIR-v0{variant.upper()} model found. " + HOW_TO_GET_SUPIR.format(
+            folder=folder))
+    return found
+
+
+def find_sdxl(folder: Path, exclude: Path | None = None) -> Path:
+    for pattern in SDXL_PATTERNS:
+        hit = _find(folder, (pattern,))
+        if hit is not None and hit != exclude:
+            return hit
+    raise CheckpointNotFoundError("no SDXL base model found. " + HOW_TO_GET_SDXL.format(folder=folder))
