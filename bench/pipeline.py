@@ -48,7 +48,9 @@ def main() -> None:
     cases = {
         "plain": base,
         "plain, stage 1 cached": base,
-        f"tiled sampler {args.tile}/{args.tile // 2}": base.replace(tile_size=args.tile, tile_stride=args.tile // 2),
+        f"tiled sampler {args.tile}/{args.tile // 2}": base.replace(
+            tile_size=args.tile, tile_stride=args.tile // 2
+        ),
         "tiled VAE": base.replace(vae_encoder_tile=args.size, vae_decoder_tile=args.tile),
     }
     print(f"input {args.size}x{args.size}, scale {args.scale}, {args.steps} steps, tiny random model, CPU")

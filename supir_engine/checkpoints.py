@@ -55,7 +55,9 @@ class Component:
 
 
 COMPONENTS = (
-    Component("unet", "SDXL UNet", "model.diffusion_model.", "sdxl", "model.diffusion_model.project_modules."),
+    Component(
+        "unet", "SDXL UNet", "model.diffusion_model.", "sdxl", "model.diffusion_model.project_modules."
+    ),
     Component("projections", "SUPIR projection modules", "model.diffusion_model.project_modules.", "supir"),
     Component("control", "SUPIR control model (GLVControl)", "model.control_model.", "supir"),
     Component("vae", "SDXL VAE", "first_stage_model.", "sdxl", "first_stage_model.denoise_encoder."),
@@ -211,9 +213,7 @@ def open_checkpoint(path: str | Path) -> TensorFile:
         return SafetensorsFile(path)
     if suffix in PICKLE_SUFFIXES:
         return PickleFile(path)
-    raise CheckpointFormatError(
-        f"unknown file type {suffix!r}: expected .safetensors or .ckpt", path
-    )
+    raise CheckpointFormatError(f"unknown file type {suffix!r}: expected .safetensors or .ckpt", path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,7 +338,7 @@ def _load(
     for component in COMPONENTS:
         report.components.append(_load_component(model, component, expected, view, options))
     for file in files:
-        provided = [c.name for c in report.components if c.file == file.path.name]
+        provided = [c.name for c in report.components if c.file == str(file.path)]
         report.files[str(file.path)] = provided
     model.denoiser.reset()
     _materialise_computed_buffers(model)
@@ -374,8 +374,11 @@ def _check_shapes(
     shapes: Mapping[str, tuple[int, ...]],
     view: Mapping[str, TensorFile],
 ) -> None:
-    missing = [k for k in expected if k not in shapes and not k.startswith("denoiser.")
-               and not k.endswith(_IGNORED_SUFFIXES)]
+    missing = [
+        k
+        for k in expected
+        if k not in shapes and not k.startswith("denoiser.") and not k.endswith(_IGNORED_SUFFIXES)
+    ]
     wrong = [k for k in expected if k in shapes and _fits(shapes[k], expected[k]) is None]
     if wrong:
         k = wrong[0]
@@ -419,7 +422,7 @@ def _load_component(
     keys = [k for k in expected if component.owns(k) and k in view]
     first = view[keys[0]]
     report = ComponentReport(
-        component.name, component.description, first.path.name, first.dtype(keys[0]), _dtype_name(dtype)
+        component.name, component.description, str(first.path), first.dtype(keys[0]), _dtype_name(dtype)
     )
     for key in keys:
         tensor = view[key].read(key, dtype).reshape(expected[key])

@@ -9,7 +9,6 @@ import json
 import logging
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,19 +20,28 @@ from .settings import PRESETS, UpscaleSettings, preset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 HELP = {
-    "scale": "upscale factor", "min_size": "minimum short side in pixels (the original uses 1024)",
-    "alignment": "output sides are rounded to a multiple of this", "steps": "sampler steps",
-    "sampler": "restore_edm or restore_dpmpp_2m", "cfg_scale": "text guidance (CFG) scale",
+    "scale": "upscale factor",
+    "min_size": "minimum short side in pixels (the original uses 1024)",
+    "alignment": "output sides are rounded to a multiple of this",
+    "steps": "sampler steps",
+    "sampler": "restore_edm or restore_dpmpp_2m",
+    "cfg_scale": "text guidance (CFG) scale",
     "cfg_scale_start": "CFG at the first step, ramping linearly to --cfg-scale ('none': constant)",
     "control_scale": "control (stage-2) strength",
     "control_scale_start": "control strength at the first step ('none': constant)",
     "restoration_scale": "restoration guidance towards the stage-1 image (<= 0: off)",
-    "s_churn": "noise churn per step", "s_noise": "churn noise scale", "eta": "DPM++ 2M stochasticity",
-    "color_fix": "wavelet, adain or none", "denoise_stage": "run stage 1 (denoise encoder)",
-    "caption": "description of the image, put before the positive prompt", "positive_prompt": "positive prompt",
-    "negative_prompt": "negative prompt", "seed": "-1 draws a random seed (reported)",
+    "s_churn": "noise churn per step",
+    "s_noise": "churn noise scale",
+    "eta": "DPM++ 2M stochasticity",
+    "color_fix": "wavelet, adain or none",
+    "denoise_stage": "run stage 1 (denoise encoder)",
+    "caption": "description of the image, put before the positive prompt",
+    "positive_prompt": "positive prompt",
+    "negative_prompt": "negative prompt",
+    "seed": "-1 draws a random seed (reported)",
     "tile_size": "sampler tile size in latent pixels (image px / 8); default untiled",
-    "tile_stride": "sampler tile stride in latent pixels", "vae_encoder_tile": "VAE encoder tile (image px)",
+    "tile_stride": "sampler tile stride in latent pixels",
+    "vae_encoder_tile": "VAE encoder tile (image px)",
     "vae_decoder_tile": "VAE decoder tile (latent px)",
 }
 
@@ -67,7 +75,9 @@ def _optional(kind):
 def add_upscale_parser(commands) -> None:
     up = commands.add_parser("upscale", help="restore and upscale images")
     up.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    up.add_argument("-o", "--output", type=Path, help="output file (one input) or folder (default supir_outputs)")
+    up.add_argument(
+        "-o", "--output", type=Path, help="output file (one input) or folder (default supir_outputs)"
+    )
     up.add_argument("--sdxl", type=Path, help="SDXL base checkpoint (default: looked up in --models-dir)")
     up.add_argument("--supir", type=Path, help="SUPIR checkpoint (default: SUPIR-v0Q/F in --models-dir)")
     up.add_argument("--model", choices=["Q", "F"], default="Q", help="SUPIR-v0Q (quality) or v0F (fidelity)")
@@ -94,7 +104,7 @@ def format_report(report: LoadReport) -> str:
     lines.append(f"{'component':<36} {'file':<28} {'stored':>8} {'loaded':>9} {'params':>14} {'MiB':>9}")
     for c in report.components:
         lines.append(
-            f"{c.description:<36} {c.file[:28]:<28} {c.stored_dtype:>8} {c.dtype:>9} "
+            f"{c.description:<36} {Path(c.file).name[:28]:<28} {c.stored_dtype:>8} {c.dtype:>9} "
             f"{c.parameters:>14,} {c.bytes / 2**20:>9.1f}"
         )
     lines.append(
@@ -137,8 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def settings_from_args(args: argparse.Namespace) -> UpscaleSettings:
-    explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(UpscaleSettings)
-                if getattr(args, f.name) is not None}
+    explicit = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(UpscaleSettings)
+        if getattr(args, f.name) is not None
+    }
     try:
         return preset(args.preset, **explicit)
     except ValueError as exc:
@@ -217,17 +230,16 @@ def run_upscale(args: argparse.Namespace) -> int:
             continue
         save_png(result, dst, model_name=Path(supir).stem)
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
-        print(f"{src} -> {dst} ({result.output_size[0]}x{result.output_size[1]}, seed {result.settings.seed}; "
-              f"{stages}{'; stage 1 cached' if result.stage1_cached else ''})", file=sys.stderr)
+        print(
+            f"{src} -> {dst} ({result.output_size[0]}x{result.output_size[1]}, seed {result.settings.seed}; "
+            f"{stages}{'; stage 1 cached' if result.stage1_cached else ''})",
+            file=sys.stderr,
+        )
     return 1 if failures else 0
 
 
 def load_pipeline(sdxl: Path, supir: Path, args: argparse.Namespace):
     from .pipeline import SUPIRPipeline
 
-    device = pick_device(args.device)
-    dtype = DTYPES[args.dtype]
-    start = time.perf_counter()
-    model, report = load_supir(sdxl, supir, LoadOptions(dtype=dtype))
-    report.seconds = time.perf_counter() - start
-    return SUPIRPipeline(model, device), report
+    model, report = load_supir(sdxl, supir, LoadOptions(dtype=DTYPES[args.dtype]))
+    return SUPIRPipeline(model, pick_device(args.device)), report

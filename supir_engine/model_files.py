@@ -41,8 +41,9 @@ def _find(folder: Path, patterns: tuple[str, ...]) -> Path | None:
 def find_supir(folder: Path, variant: str = "Q") -> Path:
     found = _find(folder, SUPIR_PATTERNS[variant.upper()])
     if found is None:
-        raise CheckpointNotFoundError(f"no SUPIR-v0{variant.upper()} model found. " + HOW_TO_GET_SUPIR.format(
-            folder=folder))
+        raise CheckpointNotFoundError(
+            f"no SUPIR-v0{variant.upper()} model found. " + HOW_TO_GET_SUPIR.format(folder=folder)
+        )
     return found
 
 

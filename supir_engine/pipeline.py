@@ -155,7 +155,11 @@ class SUPIRPipeline:
 
     @classmethod
     def from_files(
-        cls, sdxl: str | Path | None, supir: str | Path | None, device: torch.device | str = "cpu", **load_options
+        cls,
+        sdxl: str | Path | None,
+        supir: str | Path | None,
+        device: torch.device | str = "cpu",
+        **load_options,
     ) -> SUPIRPipeline:
         from .checkpoints import LoadOptions, load_supir
 
@@ -198,10 +202,17 @@ class SUPIRPipeline:
 
         return TiledFirstStage(vae, settings.vae_encoder_tile, settings.vae_decoder_tile)
 
-    def _stage1(self, lq: torch.Tensor, settings: UpscaleSettings, host: Host, timings) -> tuple[Stage1, bool]:
+    def _stage1(
+        self, lq: torch.Tensor, settings: UpscaleSettings, host: Host, timings
+    ) -> tuple[Stage1, bool]:
         key = (
-            hashlib.sha1(lq.cpu().numpy().tobytes()).hexdigest(), tuple(lq.shape), settings.denoise_stage,
-            settings.vae_encoder_tile, settings.vae_decoder_tile, id(self.model), self.vae_dtype,
+            hashlib.sha1(lq.cpu().numpy().tobytes()).hexdigest(),
+            tuple(lq.shape),
+            settings.denoise_stage,
+            settings.vae_encoder_tile,
+            settings.vae_decoder_tile,
+            id(self.model),
+            self.vae_dtype,
         )
         if self._stage1_cache is not None and self._stage1_cache[0] == key:
             return self._stage1_cache[1], True
@@ -220,7 +231,9 @@ class SUPIRPipeline:
             uc = conditioner([settings.negative_prompt])
         return (*c, *uc)
 
-    def upscale(self, image: Image.Image, settings: UpscaleSettings | None = None, host: Host | None = None) -> UpscaleResult:
+    def upscale(
+        self, image: Image.Image, settings: UpscaleSettings | None = None, host: Host | None = None
+    ) -> UpscaleResult:
         """Restore and upscale ``image``. Raises CancelledError when the host asks to stop."""
         settings = settings or UpscaleSettings()
         settings = settings.replace(seed=resolve_seed(settings.seed))
@@ -259,7 +272,14 @@ class SUPIRPipeline:
 
         with self._stage("sampling", host, timings, self.model.model, total=settings.steps):
             latent = restore_latent(
-                denoiser, settings.sampler, initial, guided, sampler_settings(settings), settings.steps, noise, on_step
+                denoiser,
+                settings.sampler,
+                initial,
+                guided,
+                sampler_settings(settings),
+                settings.steps,
+                noise,
+                on_step,
             )
         vae = self.model.first_stage_model
         with self._stage("decode", host, timings, vae):
@@ -302,8 +322,15 @@ def run_batchify_case(
         s_noise=float(kw.get("s_noise", 1.003)),
     )
     initial = noise(stage1.control)
-    latent = restore_latent(denoiser, "restore_edm", initial, GuidedConditioning(c, uc, anchor), settings,
-                            int(kw["num_steps"]), noise)
+    latent = restore_latent(
+        denoiser,
+        "restore_edm",
+        initial,
+        GuidedConditioning(c, uc, anchor),
+        settings,
+        int(kw["num_steps"]),
+        noise,
+    )
     out = apply_color_fix(str(kw.get("color_fix_type", "None")), vae.decode(latent, scale), stage1.reference)
     ours = {
         "out_image": out,

@@ -105,17 +105,26 @@ class FixtureModels:
     def conditioner(self):
         from .models.text import text_conditioner_from_state_dict, text_heads_from_sidecar
 
-        path = self.directory / self.index.get("text_encoder_file", "tiny_text_encoders.safetensors").split()[0]
+        path = (
+            self.directory / self.index.get("text_encoder_file", "tiny_text_encoders.safetensors").split()[0]
+        )
         sidecar_path = path.with_suffix(".json")
-        heads = text_heads_from_sidecar(json.loads(sidecar_path.read_text())) if sidecar_path.exists() else (
-            None, None)
+        heads = (
+            text_heads_from_sidecar(json.loads(sidecar_path.read_text()))
+            if sidecar_path.exists()
+            else (None, None)
+        )
         weights = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
         return text_conditioner_from_state_dict(weights, "conditioner.", *heads)
 
 
 def _assign(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], prefix: str) -> None:
     expected = set(module.state_dict())
-    state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix) and k[len(prefix) :] in expected}
+    state = {
+        k[len(prefix) :]: v
+        for k, v in weights.items()
+        if k.startswith(prefix) and k[len(prefix) :] in expected
+    }
     module.load_state_dict(state, strict=True, assign=True)
 
 
@@ -137,10 +146,14 @@ def run_denoiser_case(models: FixtureModels, sidecar: Mapping, t: Mapping[str, t
     snapped = [snap_sigma(s) for s in sigmas]
     if "intermediate_sigma_quantized" in t:
         pairs["intermediate_sigma_quantized"] = (
-            t["intermediate_sigma_quantized"], torch.tensor([q for q, _ in snapped], dtype=torch.float32))
+            t["intermediate_sigma_quantized"],
+            torch.tensor([q for q, _ in snapped], dtype=torch.float32),
+        )
     if "intermediate_timestep_index" in t:
         pairs["intermediate_timestep_index"] = (
-            t["intermediate_timestep_index"], torch.tensor([i for _, i in snapped]))
+            t["intermediate_timestep_index"],
+            torch.tensor([i for _, i in snapped]),
+        )
     feature_names = sorted(k for k in t if k.startswith("intermediate_control_feature_"))
     if feature_names:
         c_in = torch.tensor([(q * q + 1) ** -0.5 for q, _ in snapped]).view(-1, 1, 1, 1)
@@ -243,8 +256,10 @@ class CaseResult:
         verdict = "PASS" if self.passed else "FAIL"
         failed = [c.name for c in self.checks if not c.passed]
         extra = f"  failed: {', '.join(failed)}" if failed else ""
-        return (f"{self.name:<36} max_abs={max_abs:.3e} max_rel={max_rel:.3e} {verdict} "
-                f"({len(self.checks)} checks){extra}{'  ' + notes if notes else ''}")
+        return (
+            f"{self.name:<36} max_abs={max_abs:.3e} max_rel={max_rel:.3e} {verdict} "
+            f"({len(self.checks)} checks){extra}{'  ' + notes if notes else ''}"
+        )
 
 
 def run_directory(directory: Path) -> list[CaseResult]:
@@ -262,7 +277,9 @@ def _run_case(directory: Path, name: str, entry: Mapping, models: FixtureModels,
     tensors = load_file(str(directory / entry.get("file", f"{name}.safetensors")))
     kind = kind_of(sidecar)
     if kind is None:
-        return CaseResult(name, [Check("dispatch", False, 0.0, 0.0, f"unknown case kind {sidecar.get('case')!r}")])
+        return CaseResult(
+            name, [Check("dispatch", False, 0.0, 0.0, f"unknown case kind {sidecar.get('case')!r}")]
+        )
     try:
         with torch.inference_mode():
             outcome = kind.runner(models, sidecar, tensors)
@@ -289,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
             for c in result.checks:
                 print(f"    {c.name:<40} max_abs={c.max_abs:.3e} {'ok' if c.passed else 'FAIL'} {c.note}")
     failed = [r.name for r in results if not r.passed]
-    print(f"{len(results) - len(failed)}/{len(results)} cases passed" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(
+        f"{len(results) - len(failed)}/{len(results)} cases passed"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

@@ -74,13 +74,20 @@ def test_storage_dtypes_per_component(tmp_path, state):
     )
     dtypes = {c.name: c.dtype for c in report.components}
     assert dtypes == {
-        "unet": "float16", "projections": "float16", "control": "float16", "clip_l": "float16",
-        "clip_bigg": "float16", "vae": "bfloat16", "denoise_encoder": "bfloat16",
+        "unet": "float16",
+        "projections": "float16",
+        "control": "float16",
+        "clip_l": "float16",
+        "clip_bigg": "float16",
+        "vae": "bfloat16",
+        "denoise_encoder": "bfloat16",
     }
     assert model.first_stage_model.decoder.conv_in.weight.dtype == torch.bfloat16
     assert model.unet.out[2].weight.dtype == torch.float16
     assert report.resident_bytes == sum(t.nbytes for t in model.state_dict().values()) - sum(
-        t.nbytes for k, t in model.state_dict().items() if k.startswith("denoiser.") or k.endswith("position_ids")
+        t.nbytes
+        for k, t in model.state_dict().items()
+        if k.startswith("denoiser.") or k.endswith("position_ids")
     )
 
 
@@ -157,7 +164,9 @@ def test_sdxl_given_as_supir_model_says_it_has_no_control_weights(tmp_path, stat
 
 def test_missing_supir_file_is_reported_by_component(tmp_path, state):
     sdxl, _ = split_state_dict(state)
-    with pytest.raises(MissingWeightsError, match="no SUPIR projection modules weights found in b.safetensors"):
+    with pytest.raises(
+        MissingWeightsError, match="no SUPIR projection modules weights found in b.safetensors"
+    ):
         load_supir(save_checkpoint(sdxl, tmp_path / "b.safetensors"), None)
 
 
@@ -171,7 +180,9 @@ def test_incomplete_component_names_what_is_missing(tmp_path, state):
     sdxl, supir = split_state_dict(state)
     del supir["model.control_model.input_hint_block.0.weight"]
     with pytest.raises(MissingWeightsError, match="1 weights are missing .*control model.*input_hint_block"):
-        load_supir(save_checkpoint(sdxl, tmp_path / "b.safetensors"), save_checkpoint(supir, tmp_path / "s.ckpt"))
+        load_supir(
+            save_checkpoint(sdxl, tmp_path / "b.safetensors"), save_checkpoint(supir, tmp_path / "s.ckpt")
+        )
 
 
 def test_file_not_found_says_where_to_get_models(tmp_path):

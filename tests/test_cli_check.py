@@ -11,8 +11,15 @@ from supir_engine.tiny import random_state_dict, save_checkpoint, split_state_di
 def test_check_demo_prints_every_component(capsys):
     assert main(["check", "--demo"]) == 0
     out = capsys.readouterr().out
-    for name in ("SDXL UNet", "SUPIR projection modules", "GLVControl", "SDXL VAE", "denoise encoder",
-                 "CLIP ViT-L/14", "ViT-bigG/14"):
+    for name in (
+        "SDXL UNet",
+        "SUPIR projection modules",
+        "GLVControl",
+        "SDXL VAE",
+        "denoise encoder",
+        "CLIP ViT-L/14",
+        "ViT-bigG/14",
+    ):
         assert name in out
     assert "GiB resident" in out
 
@@ -31,7 +38,9 @@ def test_check_json_reports_dtypes_and_sizes(tmp_path, capsys):
 
 def test_check_fails_with_a_clear_message(tmp_path, capsys):
     sdxl, _ = split_state_dict(random_state_dict(seed=3))
-    base = save_checkpoint({k: v.to(torch.float16) for k, v in sdxl.items()}, tmp_path / "juggernaut.safetensors")
+    base = save_checkpoint(
+        {k: v.to(torch.float16) for k, v in sdxl.items()}, tmp_path / "juggernaut.safetensors"
+    )
     assert main(["check", "--sdxl", str(base)]) == 2
     err = capsys.readouterr().err
     assert "no SUPIR projection modules weights found in juggernaut.safetensors" in err

@@ -22,9 +22,10 @@ def test_real_size_model_has_exactly_the_reference_keys_and_shapes():
     assert sorted(set(ours) - set(expected)) == []
     wrong = {k: (ours[k], expected[k]) for k in expected if ours[k] != expected[k]}
     assert wrong == {}
-    assert sum(t.numel() for t in model.parameters()) == json.loads(
-        (FIXTURES / "supir_full_keys.json").read_text()
-    )["total_parameters"]
+    assert (
+        sum(t.numel() for t in model.parameters())
+        == json.loads((FIXTURES / "supir_full_keys.json").read_text())["total_parameters"]
+    )
 
 
 def test_config_inferred_from_real_shapes_is_supir_v0():
@@ -52,7 +53,9 @@ def test_projection_modules_follow_the_reference_layout():
 def _tiny_networks(weights):
     sidecar = json.loads((FIXTURES / "tiny_model.json").read_text())
     params = sidecar["config"]["params"]["network_config"]["params"]
-    cfg = infer_unet_config({k: v.shape for k, v in weights.items()}, num_head_channels=params["num_head_channels"])
+    cfg = infer_unet_config(
+        {k: v.shape for k, v in weights.items()}, num_head_channels=params["num_head_channels"]
+    )
     with torch.device("meta"):
         unet, control = SUPIRUNet(cfg), GLVControl(cfg)
     for prefix, net in (("model.diffusion_model.", unet), ("model.control_model.", control)):

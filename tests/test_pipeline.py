@@ -30,7 +30,10 @@ def tiny_model_file(tmp_path_factory):
 def pipeline(tiny_model_file) -> SUPIRPipeline:
     heads = json.loads((FIXTURES / "tiny_model.json").read_text())["config"]["params"]["network_config"]
     options = LoadOptions(
-        dtype=torch.float32, num_head_channels=heads["params"]["num_head_channels"], clip_l_heads=2, bigg_heads=2
+        dtype=torch.float32,
+        num_head_channels=heads["params"]["num_head_channels"],
+        clip_l_heads=2,
+        bigg_heads=2,
     )
     model, _ = load_supir(tiny_model_file, None, options)
     return SUPIRPipeline(model, "cpu")

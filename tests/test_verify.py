@@ -10,7 +10,10 @@ from conftest import FIXTURES
 
 def test_verifier_passes_every_reference_case():
     proc = subprocess.run(
-        [sys.executable, "-m", "supir_engine.verify", str(FIXTURES)], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "supir_engine.verify", str(FIXTURES)],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     print(proc.stdout)
     cases = json.loads((FIXTURES / "index.json").read_text())["fixtures"]

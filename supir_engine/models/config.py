@@ -52,8 +52,9 @@ def infer_unet_config(shapes: Shapes, prefix: str = UNET_PREFIX, num_head_channe
         else:
             levels[-1].append(i)
     first_res = [lvl[0] for lvl in levels]
-    mult = tuple(int(shapes[f"{prefix}input_blocks.{i}.0.in_layers.2.weight"][0]) // model_channels
-                 for i in first_res)
+    mult = tuple(
+        int(shapes[f"{prefix}input_blocks.{i}.0.in_layers.2.weight"][0]) // model_channels for i in first_res
+    )
     depth = tuple(_depth(shapes, f"{prefix}input_blocks.{i}.1.") for i in first_res)
     out_key = f"{prefix}out.2.weight"
     context_key = next(k for k in shapes if k.startswith(prefix) and k.endswith("attn2.to_k.weight"))

@@ -242,4 +242,3 @@ class SUPIRUNet(nn.Module):
                 h = block(h, emb, context)
             feat -= 1
         return self.out(h)
-
