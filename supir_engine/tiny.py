@@ -29,8 +29,16 @@ TINY_CONFIG = SUPIRConfig(
     ),
     vae=VAEConfig(ch=32, ch_mult=(1, 1, 2, 2)),
     text=TextEncoderConfig(
-        clip_l_width=16, clip_l_layers=3, clip_l_heads=1, clip_l_mlp=64, clip_l_output_layer=2,
-        bigg_width=16, bigg_layers=3, bigg_heads=1, bigg_mlp=64, bigg_proj=32,
+        clip_l_width=16,
+        clip_l_layers=3,
+        clip_l_heads=1,
+        clip_l_mlp=64,
+        clip_l_output_layer=2,
+        bigg_width=16,
+        bigg_layers=3,
+        bigg_heads=1,
+        bigg_mlp=64,
+        bigg_proj=32,
     ),
 )
 SUPIR_PREFIXES = tuple(c.prefix for c in COMPONENTS if c.source == "supir")
