@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Set up .venv (torch first, then this project with its test extra) and check a SUPIR model.
+# Set up .venv (torch first, then this project with its test extra), then run the main job.
 #
-#   ./quickstart.sh                          check a tiny random demo model (no weights needed)
-#   ./quickstart.sh SDXL_FILE [SUPIR_FILE]   check your own files
-#   SUPIR_SDXL=... SUPIR_MODEL=... ./quickstart.sh
+#   ./quickstart.sh                  no models: a demo on a tiny model with random weights (check + upscale)
+#   ./quickstart.sh IMAGE...         upscale images x2 with the models in models/SUPIR (or SUPIR_MODELS_DIR),
+#                                    or with SUPIR_SDXL=... SUPIR_MODEL=... naming the files; results go to
+#                                    supir_outputs/
 #
 # Environment: PYTHON (default python3), TORCH (default torch==2.14.1, the version CI tests).
 set -euo pipefail
@@ -11,8 +12,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 PYTHON=${PYTHON:-python3}
 TORCH=${TORCH:-torch==2.14.1}
-SDXL=${1:-${SUPIR_SDXL:-}}
-SUPIR=${2:-${SUPIR_MODEL:-}}
+SDXL=${SUPIR_SDXL:-}
+SUPIR=${SUPIR_MODEL:-}
 
 if [ ! -x .venv/bin/python ]; then
     echo "Creating .venv with $("$PYTHON" --version)"
@@ -29,13 +30,17 @@ echo "torch==$TORCH_VERSION" >"$CONSTRAINTS"
 echo "Installing sd-webui-supir with its test extra"
 .venv/bin/python -m pip install -q -e ".[test]" -c "$CONSTRAINTS"
 
-if [ -n "$SDXL" ] || [ -n "$SUPIR" ]; then
-    args=()
-    [ -n "$SDXL" ] && args+=(--sdxl "$SDXL")
-    [ -n "$SUPIR" ] && args+=(--supir "$SUPIR")
-    echo "Checking ${args[*]}"
-    exec .venv/bin/python -m supir_engine check "${args[@]}"
+model_args=()
+[ -n "$SDXL" ] && model_args+=(--sdxl "$SDXL")
+[ -n "$SUPIR" ] && model_args+=(--supir "$SUPIR")
+if [ "$#" -gt 0 ]; then
+    echo "Upscaling $* (models: ${model_args[*]:-looked up in ${SUPIR_MODELS_DIR:-models/SUPIR}})"
+    exec .venv/bin/python -m supir_engine upscale "$@" "${model_args[@]}"
 fi
-echo "No model files given (arguments or SUPIR_SDXL / SUPIR_MODEL): running the demo check on a tiny random"
-echo "model with the real layout. It has no real weights; give your SDXL and SUPIR files to check them."
-exec .venv/bin/python -m supir_engine check --demo
+if [ "${#model_args[@]}" -gt 0 ]; then
+    exec .venv/bin/python -m supir_engine check "${model_args[@]}"
+fi
+echo "No images given: running the demo on a tiny model with RANDOM weights (it proves the installation"
+echo "works end to end; its output is noise). Give images to upscale them with the real models."
+.venv/bin/python -m supir_engine check --demo
+exec .venv/bin/python -m supir_engine upscale --demo --steps 4

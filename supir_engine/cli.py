@@ -74,7 +74,7 @@ def _optional(kind):
 
 def add_upscale_parser(commands) -> None:
     up = commands.add_parser("upscale", help="restore and upscale images")
-    up.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    up.add_argument("inputs", nargs="*", help="image files, folders or glob patterns")
     up.add_argument(
         "-o", "--output", type=Path, help="output file (one input) or folder (default supir_outputs)"
     )
@@ -86,6 +86,12 @@ def add_upscale_parser(commands) -> None:
     up.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weight storage dtype")
     up.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu (default: best available)")
     up.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists")
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help="use a tiny model with RANDOM weights (no download; the output is noise, not a restoration) "
+        "and, without inputs, a generated test image: shows that the installation works end to end",
+    )
     for f in dataclasses.fields(UpscaleSettings):
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
@@ -200,10 +206,32 @@ def resolve_model_files(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def run_upscale(args: argparse.Namespace) -> int:
+    if not args.demo:
+        return upscale_files(args)
+
+    from .tiny import demo_image, write_demo_checkpoints
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args.sdxl, args.supir = write_demo_checkpoints(Path(tmp))
+        if not args.inputs:
+            args.inputs = [str(Path(tmp) / "demo.png")]
+            demo_image().save(args.inputs[0])
+        if args.min_size is None:
+            args.min_size = 256
+        print(
+            "Demo: a tiny model with random weights; the output shows the pipeline runs, nothing more.",
+            file=sys.stderr,
+        )
+        return upscale_files(args)
+
+
+def upscale_files(args: argparse.Namespace) -> int:
     from .progress import TqdmHost
     from .upscale_io import load_image, save_png
 
     settings = settings_from_args(args)
+    if not args.inputs:
+        raise SupirError("give at least one image, folder or glob pattern (or --demo)")
     inputs = expand_inputs(args.inputs)
     single = len(inputs) == 1
     jobs = [(src, output_path(src, args, settings.scale, single)) for src in inputs]

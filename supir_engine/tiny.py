@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from .checkpoints import COMPONENTS
@@ -85,3 +87,11 @@ def write_demo_checkpoints(directory: Path, seed: int = 0) -> tuple[Path, Path]:
         save_checkpoint(sdxl, directory / "tiny_sdxl_base.safetensors"),
         save_checkpoint(supir, directory / "tiny_supir.safetensors"),
     )
+
+
+def demo_image(size: int = 128) -> Image.Image:
+    """A smooth synthetic picture (gradients and a soft disc) for demos and benchmarks."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    disc = np.exp(-((x - 0.6) ** 2 + (y - 0.4) ** 2) / 0.02)
+    rgb = np.stack([x, y, 0.3 + 0.6 * disc], axis=-1).clip(0, 1)
+    return Image.fromarray((rgb * 255).astype(np.uint8))
