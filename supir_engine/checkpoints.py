@@ -165,6 +165,36 @@ class PickleFile(TensorFile):
         self._tensors = {}
 
 
+class StateDictSource(TensorFile):
+    """Tensors already in memory, e.g. the SDXL model a host application has loaded.
+
+    With ``share=True`` the tensors are used as they are (same storage, whatever their dtype,
+    float8 included): no RAM is added and nothing is ever written to them. Otherwise each is
+    copied into the requested dtype like a file tensor.
+    """
+
+    def __init__(
+        self, tensors: Mapping[str, torch.Tensor], name: str = "<in-memory model>", share: bool = True
+    ):
+        super().__init__(Path(name))
+        self._tensors = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+        self.keys = normalise_keys(self._tensors)
+        self.share = share
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._tensors[self.keys[key]].shape)
+
+    def dtype(self, key: str) -> str:
+        return str(self._tensors[self.keys[key]].dtype).removeprefix("torch.")
+
+    def read(self, key: str, dtype: torch.dtype) -> torch.Tensor:
+        tensor = self._tensors[self.keys[key]].detach()
+        return tensor if self.share else tensor.to(dtype=dtype, copy=True)
+
+    def close(self) -> None:
+        self._tensors = {}
+
+
 def _torch_load_safely(path: Path) -> object:
     mmap = zipfile.is_zipfile(path)
     try:
@@ -292,25 +322,40 @@ class LoadOptions:
         return torch.float32 if self.dtype == torch.float32 else torch.bfloat16
 
 
+Source = str | Path | Mapping[str, torch.Tensor] | TensorFile
+
+
+def _open(source: Source) -> TensorFile:
+    if isinstance(source, TensorFile):
+        return source
+    if isinstance(source, Mapping):
+        return StateDictSource(source)
+    return open_checkpoint(source)
+
+
 def load_supir(
-    sdxl: str | Path | None,
-    supir: str | Path | None,
+    sdxl: Source | None,
+    supir: Source | None,
     options: LoadOptions | None = None,
 ) -> tuple[SUPIRModel, LoadReport]:
-    """Load the whole model from an SDXL base file and a SUPIR file (or one merged file).
+    """Load the whole model from an SDXL base and a SUPIR file (or one merged file).
 
-    Later files win for keys present in both, as in the original (SDXL first, then SUPIR).
+    Each source is a file path, or tensors already in memory (``StateDictSource``, shared
+    without a copy by default). Later sources win for keys present in both, as in the original
+    (SDXL first, then SUPIR).
     """
     options = options or LoadOptions()
     if options.dtype_for("vae") == torch.float16:
         raise CheckpointError("the SDXL VAE produces NaNs in float16: use bfloat16 or float32 for it")
-    paths = [(role, Path(p)) for role, p in (("sdxl", sdxl), ("supir", supir)) if p is not None]
-    if not paths:
+    sources = [(role, src) for role, src in (("sdxl", sdxl), ("supir", supir)) if src is not None]
+    if not sources:
         raise CheckpointError(f"no model files given. {WHERE_TO_GET}")
     start = time.perf_counter()
-    files = [open_checkpoint(p) for _, p in paths]
+    files = []
     try:
-        return _load(files, [role for role, _ in paths], options, start)
+        for _, src in sources:
+            files.append(_open(src))
+        return _load(files, [role for role, _ in sources], options, start)
     finally:
         for f in files:
             f.close()

@@ -222,3 +222,20 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path, state):
     with pytest.raises(UnsafeCheckpointError, match="needs code execution.*refused"):
         load_supir(None, path)
     assert not marker.exists()
+
+
+def test_in_memory_sdxl_tensors_are_shared_not_copied(tmp_path, state):
+    """A host's loaded SDXL model (here stored in float8, as the webui can) is used without a copy."""
+    sdxl, supir = split_state_dict(state)
+    host_tensors = {
+        k: v.to(torch.float8_e4m3fn) if k.startswith("model.diffusion_model.") else v.clone()
+        for k, v in sdxl.items()
+    }
+    before = {k: v.clone() for k, v in host_tensors.items()}
+    model, report = load_supir(host_tensors, save_checkpoint(supir, tmp_path / "s.safetensors"), EXACT)
+    loaded = model.state_dict()
+    for key, tensor in host_tensors.items():
+        assert loaded[key].data_ptr() == tensor.data_ptr(), key
+    assert loaded["model.diffusion_model.out.2.weight"].dtype == torch.float8_e4m3fn
+    assert report.files["<in-memory model>"] == ["unet", "vae", "clip_l", "clip_bigg"]
+    assert all(torch.equal(before[k].float(), host_tensors[k].float()) for k in host_tensors)
