@@ -29,10 +29,10 @@ def test_tiny_benchmark_prints_the_table_with_all_cases(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     lines = done.stdout.splitlines()
     header = next(line for line in lines if line.startswith("case "))
-    columns = ("seconds", "baseline RSS", "peak RSS", "resident", "(peak-base)/res", "peak/res", "target")
+    columns = ("seconds", "CPU s", "baseline RSS", "peak RSS", "resident", "(peak-base)/res", "peak/res")
     assert all(column in header for column in columns), header
     row = re.compile(
-        rf"^(?P<case>.+?)\s+(?P<seconds>\d+\.\d+)\s+{SIZE}\s+(?P<peak>{SIZE})\s+{SIZE}\s+(?P<resident>{SIZE})"
+        rf"^(?P<case>.+?)\s+(?P<seconds>\d+\.\d+)\s+(?P<cpu>\d+\.\d+)\s+{SIZE}\s+(?P<peak>{SIZE})\s+{SIZE}\s+(?P<resident>{SIZE})"
         rf"\s+(?P<delta>-?\d+\.\d+)\s+(?P<ratio>\d+\.\d+)\s+n/a \(tiny\)\s*$"
     )
     rows = {m["case"]: m for m in map(row.match, lines) if m}

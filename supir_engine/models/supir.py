@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -51,12 +54,43 @@ class SUPIRModel(nn.Module):
         return self.model.control_model
 
 
+_INIT_FUNCTIONS = (
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
+)
+
+
+@contextlib.contextmanager
+def _skip_weight_init() -> Iterator[None]:
+    """Random initialisation is pointless for weights that are about to be replaced.
+
+    On the meta device it is also slow: it goes through reference implementations that import
+    torch's compiler stack (seconds, and ~150 MiB of RSS).
+    """
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
 def build_supir(config: SUPIRConfig | None = None, device: torch.device | str = "meta") -> SUPIRModel:
     """Build the model with uninitialised tensors on ``device`` (meta: no memory at all).
 
     Load weights afterwards with ``load_state_dict(..., assign=True)`` (see checkpoints.py).
     """
-    with torch.device(device):
+    with torch.device(device), _skip_weight_init():
         model = SUPIRModel(config or SUPIR_V0)
     if torch.device(device).type != "meta":
         model.denoiser.reset()
