@@ -9,16 +9,20 @@ the time goes and how many UNet+control evaluations each setting costs, not imag
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from supir_engine.models import build_supir
-from supir_engine.pipeline import SUPIRPipeline
-from supir_engine.settings import UpscaleSettings
-from supir_engine.tiny import TINY_CONFIG, random_state_dict
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from supir_engine.models import build_supir  # noqa: E402
+from supir_engine.pipeline import SUPIRPipeline  # noqa: E402
+from supir_engine.settings import UpscaleSettings  # noqa: E402
+from supir_engine.tiny import TINY_CONFIG, random_state_dict  # noqa: E402
 
 
 def tiny_pipeline(seed: int = 0) -> SUPIRPipeline:
