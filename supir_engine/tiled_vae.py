@@ -57,7 +57,7 @@ from torch import nn
 
 from supir_engine.golden import Check, psnr
 from supir_engine.models.ops import cast_to
-from supir_engine.models.vae import Decoder, Encoder, FirstStage, split_moments
+from supir_engine.models.vae import Decoder, Encoder, FirstStage, LatentEncoding, split_moments
 
 logger = logging.getLogger(__name__)
 
@@ -615,7 +615,7 @@ def tiled_decode(
     return _run_program(program, latent / scale, grid, storage_device, recompute)
 
 
-class TiledFirstStage:
+class TiledFirstStage(LatentEncoding):
     """Drop-in for ``FirstStage``'s inference methods, computed with the exact tiled VAE.
 
     ``None`` for a tile size keeps that direction untiled.
@@ -640,9 +640,6 @@ class TiledFirstStage:
     def config(self) -> Any:
         return self.first_stage.config
 
-    def _scale(self, scale_factor: float | None) -> float:
-        return self.config.scale_factor if scale_factor is None else scale_factor
-
     def encode_moments(self, image: torch.Tensor, denoise: bool) -> torch.Tensor:
         return tiled_encode_moments(
             self.first_stage,
@@ -652,17 +649,6 @@ class TiledFirstStage:
             storage_device=self.storage_device,
             recompute=self.recompute,
         )
-
-    def encode_control(self, image: torch.Tensor, scale_factor: float | None = None) -> torch.Tensor:
-        mean, _ = split_moments(self.encode_moments(image, denoise=True))
-        return self._scale(scale_factor) * mean
-
-    def encode_anchor(
-        self, image: torch.Tensor, noise: torch.Tensor, scale_factor: float | None = None
-    ) -> torch.Tensor:
-        mean, logvar = split_moments(self.encode_moments(image, denoise=False))
-        noise = noise.to(device=mean.device, dtype=mean.dtype)
-        return self._scale(scale_factor) * (mean + torch.exp(0.5 * logvar) * noise)
 
     def decode(self, latent: torch.Tensor, scale_factor: float | None = None) -> torch.Tensor:
         return tiled_decode(

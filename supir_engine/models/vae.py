@@ -229,26 +229,16 @@ def split_moments(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
 
-class FirstStage(nn.Module):
-    """SUPIR's ``first_stage_model``: SDXL VAE plus a denoise encoder sharing ``quant_conv``."""
+class LatentEncoding:
+    """Control latent and restoration anchor on top of ``encode_moments`` (plain or tiled VAE)."""
 
-    def __init__(self, config: VAEConfig | None = None) -> None:
-        super().__init__()
-        self.config = config or VAEConfig()
-        c = self.config
-        self.encoder = Encoder(c)
-        self.decoder = Decoder(c)
-        self.quant_conv = _conv1x1(2 * c.z_channels, 2 * c.embed_dim)
-        self.post_quant_conv = _conv1x1(c.embed_dim, c.z_channels)
-        self.denoise_encoder = Encoder(c)
+    config: VAEConfig
+
+    def encode_moments(self, image: torch.Tensor, denoise: bool) -> torch.Tensor:
+        raise NotImplementedError
 
     def _scale(self, scale_factor: float | None) -> float:
         return self.config.scale_factor if scale_factor is None else scale_factor
-
-    def encode_moments(self, image: torch.Tensor, denoise: bool) -> torch.Tensor:
-        """quant_conv output: channels [0:embed_dim] mean, [embed_dim:] logvar (unclamped)."""
-        encoder = self.denoise_encoder if denoise else self.encoder
-        return self.quant_conv(encoder(image))
 
     def encode_control(self, image: torch.Tensor, scale_factor: float | None = None) -> torch.Tensor:
         """Control latent z_c: scaled posterior mode of the denoise encoder."""
@@ -262,6 +252,25 @@ class FirstStage(nn.Module):
         mean, logvar = split_moments(self.encode_moments(image, denoise=False))
         noise = noise.to(device=mean.device, dtype=mean.dtype)
         return self._scale(scale_factor) * (mean + torch.exp(0.5 * logvar) * noise)
+
+
+class FirstStage(LatentEncoding, nn.Module):
+    """SUPIR's ``first_stage_model``: SDXL VAE plus a denoise encoder sharing ``quant_conv``."""
+
+    def __init__(self, config: VAEConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or VAEConfig()
+        c = self.config
+        self.encoder = Encoder(c)
+        self.decoder = Decoder(c)
+        self.quant_conv = _conv1x1(2 * c.z_channels, 2 * c.embed_dim)
+        self.post_quant_conv = _conv1x1(c.embed_dim, c.z_channels)
+        self.denoise_encoder = Encoder(c)
+
+    def encode_moments(self, image: torch.Tensor, denoise: bool) -> torch.Tensor:
+        """quant_conv output: channels [0:embed_dim] mean, [embed_dim:] logvar (unclamped)."""
+        encoder = self.denoise_encoder if denoise else self.encoder
+        return self.quant_conv(encoder(image))
 
     def decode(self, latent: torch.Tensor, scale_factor: float | None = None) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(latent / self._scale(scale_factor)))
