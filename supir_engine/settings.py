@@ -83,30 +83,19 @@ class UpscaleSettings:
         return dataclasses.asdict(self)
 
 
+# The original demo's two parameter presets (gradio_demo.py, load_and_reset): they differ only in CFG.
+_PRESET_COMMON: dict[str, Any] = {
+    "control_scale": 1.0,
+    "control_scale_start": None,
+    "restoration_scale": -1.0,
+    "s_churn": 5.0,
+    "s_noise": 1.003,
+    "steps": 50,
+    "color_fix": "wavelet",
+}
 PRESETS: dict[str, dict[str, Any]] = {
-    # The original demo's two parameter presets (gradio_demo.py, load_and_reset).
-    "quality": {
-        "cfg_scale": 7.5,
-        "cfg_scale_start": 4.0,
-        "control_scale": 1.0,
-        "control_scale_start": None,
-        "restoration_scale": -1.0,
-        "s_churn": 5.0,
-        "s_noise": 1.003,
-        "steps": 50,
-        "color_fix": "wavelet",
-    },
-    "fidelity": {
-        "cfg_scale": 4.0,
-        "cfg_scale_start": 1.0,
-        "control_scale": 1.0,
-        "control_scale_start": None,
-        "restoration_scale": -1.0,
-        "s_churn": 5.0,
-        "s_noise": 1.003,
-        "steps": 50,
-        "color_fix": "wavelet",
-    },
+    "quality": {**_PRESET_COMMON, "cfg_scale": 7.5, "cfg_scale_start": 4.0},
+    "fidelity": {**_PRESET_COMMON, "cfg_scale": 4.0, "cfg_scale_start": 1.0},
 }
 
 
