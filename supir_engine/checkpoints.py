@@ -28,6 +28,7 @@ from .errors import (
     WrongModelError,
 )
 from .filemap import file_mappings, release_pages
+from .memory import tensor_storage_dtype
 from .models import SUPIRConfig, SUPIRModel, build_supir, infer_config
 
 log = logging.getLogger(__name__)
@@ -470,7 +471,7 @@ def _load_component(
         component.name, component.description, str(first.path), first.dtype(keys[0]), _dtype_name(dtype)
     )
     for key in keys:
-        tensor = view[key].read(key, dtype).reshape(expected[key])
+        tensor = view[key].read(key, tensor_storage_dtype(expected[key], dtype)).reshape(expected[key])
         _assign(model, key, tensor)
         report.tensors += 1
         report.parameters += tensor.numel()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import ipaddress
 import json
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -16,6 +18,7 @@ import torch
 
 from .checkpoints import LoadOptions, LoadReport, load_supir
 from .errors import CancelledError, SupirError
+from .memory import POLICIES
 from .settings import PRESETS, UpscaleSettings, preset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -62,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a tiny random model in the real layout to a temporary folder and check that instead",
     )
     add_upscale_parser(commands)
+    add_serve_parser(commands)
     return parser
 
 
@@ -101,6 +105,66 @@ def add_upscale_parser(commands) -> None:
         if "None" in f.type:
             kind = _optional(kind)
         up.add_argument(flag, type=kind, default=None, help=HELP.get(f.name))
+
+
+def add_serve_parser(commands) -> None:
+    serve = commands.add_parser("serve", help="web UI and API (Gradio; needs the 'app' extra)")
+    serve.add_argument("--sdxl", type=Path, help="SDXL base checkpoint (default: looked up in --models-dir)")
+    serve.add_argument("--supir", type=Path, help="SUPIR-v0Q checkpoint (or the only SUPIR model)")
+    serve.add_argument("--supir-f", type=Path, help="SUPIR-v0F checkpoint, to switch between Q and F")
+    serve.add_argument("--models-dir", type=Path, help="where to look for models (default models/SUPIR)")
+    serve.add_argument("--model", choices=["Q", "F"], default="Q", help="model loaded at start")
+    serve.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weight storage dtype")
+    serve.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu (default: best available)")
+    serve.add_argument("--memory", choices=POLICIES, help="memory policy (default: the pipeline's)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=6688, help="port (default 6688)")
+    serve.add_argument(
+        "--listen-anywhere", action="store_true", help="allow a --host that is not a loopback address"
+    )
+    serve.add_argument("--auth", metavar="USER:PASSWORD", help="require this login")
+    serve.add_argument("--output-dir", type=Path, help="also save every result PNG in this folder")
+    serve.add_argument("--min-size", type=int, help="default minimum short side (1024; 256 with --demo)")
+    serve.add_argument("--demo", action="store_true", help="tiny models with RANDOM weights (no download)")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_serve_flags(args: argparse.Namespace) -> None:
+    """Refuse a non-loopback address without --listen-anywhere, and a malformed --auth."""
+    if not is_loopback(args.host):
+        if not args.listen_anywhere:
+            raise SupirError(
+                f"--host {args.host} is not a loopback address: anyone who can reach this machine could use "
+                "the server. Add --listen-anywhere to allow it (and consider --auth user:password)."
+            )
+        print(
+            f"warning: listening on {args.host}: the UI and API are reachable from other machines",
+            file=sys.stderr,
+        )
+    if args.auth is not None:
+        user, sep, password = args.auth.partition(":")
+        if not (user and sep and password):
+            raise SupirError("--auth takes user:password")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    check_serve_flags(args)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        from .app import run_serve as serve
+    except ModuleNotFoundError as exc:
+        if exc.name != "gradio":
+            raise
+        raise SupirError("the web UI needs gradio: pip install 'sd-webui-supir[app]'") from exc
+    return serve(args)
 
 
 def format_report(report: LoadReport) -> str:
@@ -146,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_check(args)
         if args.command == "upscale":
             return run_upscale(args)
+        if args.command == "serve":
+            return run_serve(args)
     except SupirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -43,3 +43,12 @@ class ShapeMismatchError(CheckpointError):
 
 class CancelledError(SupirError):
     """The host asked us to stop."""
+
+
+class DeviceMemoryError(SupirError):
+    """The run cannot fit in the device memory available (``needed`` and ``budget`` in bytes)."""
+
+    def __init__(self, message: str, needed: int | None = None, budget: int | None = None):
+        self.needed = needed
+        self.budget = budget
+        super().__init__(message)

@@ -14,16 +14,18 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
+from torch import nn
 
 from .colorfix import apply_color_fix
-from .errors import CancelledError
+from .errors import CancelledError, DeviceMemoryError
 from .host import Host, NullHost
+from .memory import MemoryConfig, MemoryPlan, Residency, Workload, memory_config, plan_memory
 from .models import SUPIRModel
 from .models.vae import FirstStage, split_moments
 from .preprocess import prepare_image, to_pil
@@ -57,20 +59,39 @@ class Stage1:
     anchor_mean: torch.Tensor  # posterior of the encoder on the reference (scaled by the caller)
     anchor_logvar: torch.Tensor
 
+    def to(self, device: torch.device | str) -> Stage1:
+        return Stage1(
+            *(t.to(device) for t in (self.control, self.reference, self.anchor_mean, self.anchor_logvar))
+        )
 
-def compute_stage1(vae: FirstStage, lq: torch.Tensor, denoise_stage: bool, scale_factor: float) -> Stage1:
+
+StagePlacement = Callable[[str], contextlib.AbstractContextManager]
+
+
+def compute_stage1(
+    vae: FirstStage,
+    lq: torch.Tensor,
+    denoise_stage: bool,
+    scale_factor: float,
+    place: StagePlacement | None = None,
+) -> Stage1:
     """Stage 1 of SUPIR: denoise-encode, decode the restoration preview, and encode it again.
 
     With ``denoise_stage`` off the LQ image itself is encoded by the normal encoder and is the
-    colour reference (the denoise encoder smooths some images too much).
+    colour reference (the denoise encoder smooths some images too much). ``place(part)`` runs each of
+    "denoise_encode", "decode" and "encode" with that part of the VAE on the device.
     """
+    place = place or (lambda part: contextlib.nullcontext())
     if denoise_stage:
-        mean, _ = split_moments(vae.encode_moments(lq, denoise=True))
+        with place("denoise_encode"):
+            mean, _ = split_moments(vae.encode_moments(lq, denoise=True))
         control = scale_factor * mean
-        reference = vae.decode(control, scale_factor)
+        with place("decode"):
+            reference = vae.decode(control, scale_factor)
     else:
         reference = lq
-    mean, logvar = split_moments(vae.encode_moments(reference, denoise=False))
+    with place("encode"):
+        mean, logvar = split_moments(vae.encode_moments(reference, denoise=False))
     if not denoise_stage:
         control = scale_factor * mean
     return Stage1(control, reference, mean, logvar)
@@ -82,7 +103,7 @@ def sample_anchor(stage1: Stage1, noise: NoiseSource, scale_factor: float) -> to
     return scale_factor * (stage1.anchor_mean + torch.exp(0.5 * stage1.anchor_logvar) * eps)
 
 
-def sampler_settings(settings: UpscaleSettings) -> SamplerSettings:
+def sampler_settings(settings: UpscaleSettings, batch_cfg: bool = True) -> SamplerSettings:
     return SamplerSettings(
         cfg_scale=settings.cfg_scale,
         cfg_scale_start=settings.cfg_scale_start,
@@ -94,6 +115,7 @@ def sampler_settings(settings: UpscaleSettings) -> SamplerSettings:
         eta=settings.eta,
         tile_size=settings.tile_size,
         tile_stride=settings.tile_stride,
+        batch_cfg=batch_cfg,
     )
 
 
@@ -120,6 +142,7 @@ class UpscaleResult:
     timings: dict[str, float] = field(default_factory=dict)
     network_evaluations: int = 0
     stage1_cached: bool = False
+    memory: MemoryPlan | None = None  # how device memory was used (policy, residency, tiles, CFG batching)
 
 
 class _CountingDenoiser(Denoiser):
@@ -135,8 +158,8 @@ class _CountingDenoiser(Denoiser):
 class SUPIRPipeline:
     """A loaded SUPIR model plus where and in which dtype each stage runs.
 
-    The memory policy is deliberately simple here: each stage's modules are moved to the device
-    for the stage and back afterwards (a no-op on the CPU).
+    ``memory`` (a MemoryConfig or a policy name) decides which weights are on the device when; see
+    memory.py. ``transfer`` and ``observer`` are passed to the Residency (tests watch residency with them).
     """
 
     def __init__(
@@ -145,12 +168,19 @@ class SUPIRPipeline:
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
         vae_dtype: torch.dtype | None = None,
+        memory: MemoryConfig | str | None = None,
+        *,
+        transfer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        observer: Callable[[str, str], None] | None = None,
     ):
         self.model = model
         self.device = torch.device(device)
         on_cpu = self.device.type == "cpu"
         self.dtype = dtype or (torch.float32 if on_cpu else torch.float16)
         self.vae_dtype = vae_dtype or (torch.float32 if on_cpu else torch.bfloat16)
+        self.memory = memory_config(memory)
+        self._transfer, self._observer = transfer, observer
+        self._residency: Residency | None = None
         self._stage1_cache: tuple[tuple, Stage1] | None = None
 
     @classmethod
@@ -159,12 +189,13 @@ class SUPIRPipeline:
         sdxl: str | Path | None,
         supir: str | Path | None,
         device: torch.device | str = "cpu",
+        memory: MemoryConfig | str | None = None,
         **load_options,
     ) -> SUPIRPipeline:
         from .checkpoints import LoadOptions, load_supir
 
         model, _ = load_supir(sdxl, supir, LoadOptions(**load_options))
-        return cls(model, device)
+        return cls(model, device, memory=memory)
 
     @property
     def scale_factor(self) -> float:
@@ -172,24 +203,35 @@ class SUPIRPipeline:
 
     @contextlib.contextmanager
     def _stage(
-        self, name: str, host: Host, timings: dict[str, float], *modules: torch.nn.Module, total: int = 1
+        self,
+        name: str,
+        host: Host,
+        timings: dict[str, float],
+        *modules: nn.Module,
+        total: int = 1,
+        streamed: Sequence[nn.Module] = (),
     ) -> Iterator[None]:
         """Run a stage with its modules on the device; stages with steps report them themselves."""
         if host.should_stop():
             raise CancelledError("stopped before " + name)
         host.progress(name, 0, total)
         start = time.perf_counter()
-        moved = [m for m in modules if self.device.type != "cpu"]
-        for m in moved:
-            m.to(self.device)
         try:
-            yield
+            with self._residency.stage(name, modules, streamed):
+                yield
         finally:
-            for m in moved:
-                m.to("cpu")
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
         if total == 1:
             host.progress(name, 1, 1)
+
+    def _vae_part(self, part: str) -> contextlib.AbstractContextManager:
+        vae = self.model.first_stage_model
+        modules = {
+            "denoise_encode": (vae.denoise_encoder, vae.quant_conv),
+            "decode": (vae.decoder, vae.post_quant_conv),
+            "encode": (vae.encoder, vae.quant_conv),
+        }[part]
+        return self._residency.stage(f"stage1.{part}", modules)
 
     def clear_cache(self) -> None:
         self._stage1_cache = None
@@ -202,39 +244,66 @@ class SUPIRPipeline:
 
         return TiledFirstStage(vae, settings.vae_encoder_tile, settings.vae_decoder_tile)
 
-    def _stage1(
-        self, lq: torch.Tensor, settings: UpscaleSettings, host: Host, timings
-    ) -> tuple[Stage1, bool]:
-        key = (
-            hashlib.sha1(lq.cpu().numpy().tobytes()).hexdigest(),
-            tuple(lq.shape),
+    def _stage1_key(self, image: Image.Image, settings: UpscaleSettings) -> tuple:
+        return (
+            hashlib.sha1(image.tobytes()).hexdigest(),
+            image.size,
+            image.mode,
+            settings.scale,
+            settings.min_size,
+            settings.alignment,
             settings.denoise_stage,
             settings.vae_encoder_tile,
             settings.vae_decoder_tile,
             id(self.model),
             self.vae_dtype,
         )
+
+    def _stage1(self, lq: torch.Tensor, key: tuple, settings: UpscaleSettings, host: Host, timings) -> Stage1:
+        """Stage 1 results, kept in RAM (not on the device) for the next run with the same input."""
         if self._stage1_cache is not None and self._stage1_cache[0] == key:
-            return self._stage1_cache[1], True
-        vae = self.model.first_stage_model
-        with self._stage("stage1", host, timings, vae):
+            return self._stage1_cache[1]
+        with self._stage("stage1", host, timings):
             x = lq.to(self.device, self.vae_dtype)
-            result = compute_stage1(self._vae(settings), x, settings.denoise_stage, self.scale_factor)
+            result = compute_stage1(
+                self._vae(settings), x, settings.denoise_stage, self.scale_factor, self._vae_part
+            )
+            result = result.to("cpu")
         self._stage1_cache = (key, result)
-        return result, False
+        return result
 
     def _conditioning(self, settings: UpscaleSettings, host: Host, timings) -> tuple[torch.Tensor, ...]:
         conditioner = self.model.conditioner
-        with self._stage("text", host, timings, conditioner):
+        with self._stage("text", host, timings, streamed=(conditioner,)):
             conditioner.compute_device, conditioner.compute_dtype = self.device, self.dtype
             c = conditioner([settings.positive_text])
             uc = conditioner([settings.negative_prompt])
         return (*c, *uc)
 
+    def plan_memory(self, output_hw: tuple[int, int], settings: UpscaleSettings) -> MemoryPlan:
+        """How the next run at ``output_hw`` pixels will use the device (the policy resolved)."""
+        workload = Workload.of(self.model, output_hw, settings, self.dtype, self.vae_dtype)
+        return plan_memory(workload, self.memory, self.device)
+
+    def _residency_for(self, plan: MemoryPlan) -> Residency:
+        return Residency(
+            self.device,
+            plan.policy,
+            resident_bytes=plan.resident_bytes,
+            chunk_bytes=self.memory.chunk_bytes,
+            prefetch=self.memory.prefetch,
+            pin_memory=self.memory.pin_memory,
+            transfer=self._transfer,
+            observer=self._observer,
+        )
+
     def upscale(
         self, image: Image.Image, settings: UpscaleSettings | None = None, host: Host | None = None
     ) -> UpscaleResult:
-        """Restore and upscale ``image``. Raises CancelledError when the host asks to stop."""
+        """Restore and upscale ``image``. Raises CancelledError when the host asks to stop.
+
+        Also runs under a fake-tensor mode (memory benchmarks): the image it returns is then blank.
+        """
         settings = settings or UpscaleSettings()
         settings = settings.replace(seed=resolve_seed(settings.seed))
         host = host or NullHost()
@@ -243,14 +312,27 @@ class SUPIRPipeline:
         try:
             with torch.inference_mode():
                 return self._upscale(image, settings, host, timings)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise DeviceMemoryError(
+                f"the device ran out of memory ({exc}). Use the memory policy 'auto' or 'blocks', "
+                "fp8 weight storage, smaller tiles, or close other programs using the GPU"
+            ) from exc
         finally:
+            if self._residency is not None:
+                self._residency.release()
+                self._residency = None
             host.release_device()
 
     def _upscale(self, image: Image.Image, settings: UpscaleSettings, host: Host, timings) -> UpscaleResult:
         start = time.perf_counter()
         lq, _ = prepare_image(image, settings.scale, settings.min_size, settings.alignment)
         timings["preprocess"] = time.perf_counter() - start
-        stage1, cached = self._stage1(lq, settings, host, timings)
+        plan = self.plan_memory(tuple(lq.shape[-2:]), settings)
+        settings = plan.apply(settings)
+        self._residency = self._residency_for(plan)
+        key = self._stage1_key(image, settings)
+        cached = self._stage1_cache is not None and self._stage1_cache[0] == key
+        stage1 = self._stage1(lq, key, settings, host, timings)
         crossattn, vector, un_crossattn, un_vector = self._conditioning(settings, host, timings)
 
         generator = torch.Generator("cpu").manual_seed(settings.seed)
@@ -270,23 +352,45 @@ class SUPIRPipeline:
             if host.should_stop():
                 raise CancelledError(f"stopped after sampler step {info.step + 1} of {info.total}")
 
-        with self._stage("sampling", host, timings, self.model.model, total=settings.steps):
+        sampling_modules = (self.model.unet, self.model.control_model)
+        with self._stage("sampling", host, timings, total=settings.steps, streamed=sampling_modules):
             latent = restore_latent(
                 denoiser,
                 settings.sampler,
                 initial,
                 guided,
-                sampler_settings(settings),
+                sampler_settings(settings, plan.batch_cfg),
                 settings.steps,
                 noise,
                 on_step,
             )
+        del guided, anchor, control, initial
         vae = self.model.first_stage_model
-        with self._stage("decode", host, timings, vae):
+        with self._stage("decode", host, timings, vae.decoder, vae.post_quant_conv):
             decoded = self._vae(settings).decode(latent.to(self.vae_dtype), self.scale_factor).float()
-            fixed = apply_color_fix(settings.color_fix, decoded, stage1.reference.float().to(decoded.device))
-        out = to_pil(fixed.cpu())
-        return UpscaleResult(out, settings, image.size, out.size, timings, denoiser.calls, cached)
+            del latent
+            fixed = apply_color_fix(settings.color_fix, decoded, stage1.reference.to(decoded.device).float())
+            del decoded
+            out = fixed.cpu()
+        return UpscaleResult(
+            _to_image(out),
+            settings,
+            image.size,
+            (out.shape[-1], out.shape[-2]),
+            timings,
+            denoiser.calls,
+            cached,
+            plan,
+        )
+
+
+def _to_image(tensor: torch.Tensor) -> Image.Image:
+    """The output image; blank under a fake-tensor mode (memory benchmarks), where there are no values."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if is_fake(tensor):
+        return Image.new("RGB", (tensor.shape[-1], tensor.shape[-2]))
+    return to_pil(tensor)
 
 
 # ------------------------------------------------------------------------------ golden fixture

@@ -1,0 +1,167 @@
+"""The extension's own API routes, added in ``on_app_started``.
+
+- ``POST /supir/v1/upscale``: base64 image + arguments -> base64 PNG + the parameters used;
+- ``GET /supir/v1/models``: model files found and missing, and where to get them;
+- ``GET /supir/v1/status``: what is cached and whether a run is going on;
+- ``GET /supir/v1/args``: the argument order of ``alwayson_scripts["supir"]["args"]`` with defaults.
+
+They honour ``--api-auth`` as the webui's own routes do, and an upscale takes the webui's queue lock,
+so it waits for (and holds off) every other GPU job.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import io
+import logging
+from secrets import compare_digest
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from modules import call_queue, shared
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from pydantic import BaseModel, Field
+
+from supir_engine.errors import CancelledError, CheckpointNotFoundError, SupirError
+from supir_engine.infotext import infotext_line
+
+from . import runner
+from .args import ARG_NAMES, ArgumentError, from_mapping, infotext_params, with_preset
+from .extras import upscale_image
+from .options import PRESETS, default_args, default_prompts
+
+log = logging.getLogger(__name__)
+PREFIX = "/supir/v1"
+
+
+class UpscaleRequest(BaseModel):
+    image: str = Field(..., description="the input image, base64 (a data: URL prefix is accepted)")
+    model: str = Field("SUPIR-v0Q", description="SUPIR-v0Q or SUPIR-v0F")
+    preset: str | None = Field(None, description="Quality or Fidelity: its values before `args`")
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="arguments by name, see GET /supir/v1/args"
+    )
+
+
+class UpscaleResponse(BaseModel):
+    image: str = Field(..., description="the result, base64 PNG with the parameters in its text chunk")
+    parameters: dict[str, Any]
+    infotext: str
+    input_size: list[int]
+    output_size: list[int]
+    seconds: dict[str, float]
+
+
+def decode_image(data: str) -> Image.Image:
+    if data.startswith("data:") and "," in data:
+        data = data.split(",", 1)[1]
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(data, validate=False)))
+        image.load()
+    except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as exc:
+        raise HTTPException(status_code=400, detail=f"image is not a base64-encoded image ({exc})") from exc
+    return image
+
+
+def encode_png(image: Image.Image, infotext: str) -> str:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", infotext)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def upscale(req: UpscaleRequest) -> UpscaleResponse:
+    try:
+        defaults = default_args()
+        if req.preset:
+            if req.preset.title() not in PRESETS:
+                raise ArgumentError(f"preset must be one of {', '.join(PRESETS)}, got {req.preset!r}")
+            defaults = with_preset(defaults, req.preset.title())
+        args = from_mapping(
+            {**req.args, "model": req.args.get("model", req.model), "enabled": True}, defaults
+        )
+    except ArgumentError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    image = decode_image(req.image)
+    with call_queue.queue_lock:
+        shared.state.begin(job="supir_api")
+        try:
+            out, result = upscale_image(image, args, label="SUPIR (API)")
+        except CancelledError as exc:
+            raise HTTPException(status_code=409, detail=runner.user_message(exc)) from exc
+        except CheckpointNotFoundError as exc:
+            raise HTTPException(status_code=404, detail=runner.user_message(exc)) from exc
+        except SupirError as exc:
+            raise HTTPException(status_code=400, detail=runner.user_message(exc)) from exc
+        except Exception as exc:
+            log.exception("SUPIR API upscale failed")
+            raise HTTPException(status_code=500, detail=runner.user_message(exc)) from exc
+        finally:
+            shared.state.end()
+    params = infotext_params(args, result.settings, default_prompts())
+    text = infotext_line({k: str(v) for k, v in params.items()})
+    return UpscaleResponse(
+        image=encode_png(out, text),
+        parameters=dataclasses.asdict(result.settings),
+        infotext=text,
+        input_size=list(result.input_size),
+        output_size=list(out.size),
+        seconds={k: round(v, 3) for k, v in result.timings.items()},
+    )
+
+
+def models() -> dict[str, Any]:
+    return runner.model_status()
+
+
+def status() -> dict[str, Any]:
+    return {"busy": runner.is_busy(), "cache": runner.CACHE.describe(), "job": shared.state.job}
+
+
+def arguments() -> list[dict[str, Any]]:
+    defaults = default_args()
+    return [
+        {"index": i, "name": name, "default": getattr(defaults, name)} for i, name in enumerate(ARG_NAMES)
+    ]
+
+
+def auth_dependencies() -> list:
+    """The webui's ``--api-auth user:password[,user2:password2]`` as a dependency, or none."""
+    configured = getattr(shared.cmd_opts, "api_auth", None)
+    if not configured:
+        return []
+    credentials = dict(item.split(":", 1) for item in configured.split(",") if ":" in item)
+
+    def check(given: HTTPBasicCredentials = Depends(HTTPBasic())) -> bool:  # noqa: B008 - FastAPI idiom
+        expected = credentials.get(given.username)
+        if expected is not None and compare_digest(given.password, expected):
+            return True
+        raise HTTPException(
+            status_code=401, detail="Incorrect username or password", headers={"WWW-Authenticate": "Basic"}
+        )
+
+    return [Depends(check)]
+
+
+def mount(app: FastAPI) -> None:
+    dependencies = auth_dependencies()
+    app.add_api_route(
+        f"{PREFIX}/upscale",
+        upscale,
+        methods=["POST"],
+        response_model=UpscaleResponse,
+        dependencies=dependencies,
+    )
+    app.add_api_route(f"{PREFIX}/models", models, methods=["GET"], dependencies=dependencies)
+    app.add_api_route(f"{PREFIX}/status", status, methods=["GET"], dependencies=dependencies)
+    app.add_api_route(f"{PREFIX}/args", arguments, methods=["GET"], dependencies=dependencies)
+
+
+def on_app_started(demo, app: FastAPI) -> None:
+    """``script_callbacks.on_app_started``: ``demo`` is None under ``--nowebui``."""
+    mount(app)
+    log.info("SUPIR API routes added under %s", PREFIX)

@@ -1,0 +1,267 @@
+"""The extension's arguments: one validated dataclass, its positional order, and its infotext names.
+
+The field order of :class:`SupirArgs` is the order of the accordion's components, hence of the
+``alwayson_scripts["supir"]["args"]`` list in the webui API. Values arrive from gradio, from JSON or as
+``None`` (the webui's Extras API passes ``None`` for every control of an extension): ``None`` means the
+default, and everything else is coerced to the field's type or reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from supir_engine.errors import SupirError
+from supir_engine.infotext import INFOTEXT_FIELDS, MODEL_KEY
+from supir_engine.settings import (
+    COLOR_FIXES,
+    DEFAULT_NEGATIVE_PROMPT,
+    DEFAULT_POSITIVE_PROMPT,
+    PRESETS,
+    SAMPLER_NAMES,
+    UpscaleSettings,
+)
+
+MODEL_NAMES = ("SUPIR-v0Q", "SUPIR-v0F")
+PROMPT_SOURCES = ("Generation prompt", "Custom caption", "None")
+PROMPT_SOURCE_KEY = "SUPIR prompt source"
+SKIP_IMG2IMG_KEY = "SUPIR skip img2img"
+SEED_FROM_IMAGE_KEY = "SUPIR seed from image"
+
+
+class ArgumentError(SupirError):
+    """Arguments that cannot be used; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class SupirArgs:
+    enabled: bool = False
+    model: str = "SUPIR-v0Q"
+    scale: float = 2.0
+    skip_img2img: bool = False
+    prompt_source: str = "Generation prompt"
+    caption: str = ""
+    positive_prompt: str = DEFAULT_POSITIVE_PROMPT
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    steps: int = 50
+    sampler: str = "restore_edm"
+    cfg_scale: float = 7.5
+    linear_cfg: bool = True
+    cfg_scale_start: float = 4.0
+    control_scale: float = 1.0
+    linear_control: bool = False
+    control_scale_start: float = 0.0
+    restoration_scale: float = -1.0
+    s_churn: float = 5.0
+    s_noise: float = 1.003
+    seed: int = -1
+    seed_from_image: bool = False
+    color_fix: str = "wavelet"
+    denoise_stage: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if model_variant(self.model) is None:
+            problems.append(f"model must be one of {', '.join(MODEL_NAMES)}, got {self.model!r}")
+        if self.prompt_source not in PROMPT_SOURCES:
+            problems.append(f"prompt_source must be one of {', '.join(PROMPT_SOURCES)}")
+        if self.sampler not in SAMPLER_NAMES:
+            problems.append(f"sampler must be one of {', '.join(SAMPLER_NAMES)}, got {self.sampler!r}")
+        if self.color_fix.lower() not in COLOR_FIXES:
+            problems.append(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {self.color_fix!r}")
+        if not 0 < self.scale <= 16:
+            problems.append(f"scale must be in (0, 16], got {self.scale}")
+        if not 1 <= self.steps <= 1000:
+            problems.append(f"steps must be between 1 and 1000, got {self.steps}")
+        if problems:
+            raise ArgumentError("SUPIR arguments: " + "; ".join(problems))
+
+    @property
+    def variant(self) -> str:
+        """ "Q" or "F"."""
+        return model_variant(self.model) or "Q"
+
+    def replace(self, **changes: Any) -> SupirArgs:
+        return dataclasses.replace(self, **changes)
+
+
+ARG_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SupirArgs))
+_TYPES = {f.name: f.type for f in dataclasses.fields(SupirArgs)}
+_KINDS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text"}
+
+
+def model_variant(name: str) -> str | None:
+    """ "Q" / "F" from "SUPIR-v0Q", "v0Q", "Q" (any case); None for anything else."""
+    text = str(name).strip().upper().removeprefix("SUPIR-").removeprefix("V0")
+    return text if text in ("Q", "F") else None
+
+
+def model_name(variant: str) -> str:
+    return f"SUPIR-v0{variant.upper()}"
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _TYPES[name]
+    if kind == "bool":
+        if isinstance(value, str):
+            return value.strip().lower() in ("true", "1", "yes", "on")
+        return bool(value)
+    if kind == "int":
+        return int(float(value))
+    if kind == "float":
+        return float(value)
+    return str(value)
+
+
+def from_values(values: Sequence[Any], defaults: SupirArgs | None = None) -> SupirArgs:
+    """Arguments from positional values in ``ARG_NAMES`` order; missing or ``None`` ones keep the defaults."""
+    if len(values) > len(ARG_NAMES):
+        raise ArgumentError(f"SUPIR takes at most {len(ARG_NAMES)} arguments, got {len(values)}")
+    return from_mapping(dict(zip(ARG_NAMES, values)), defaults)
+
+
+def from_mapping(values: Mapping[str, Any], defaults: SupirArgs | None = None) -> SupirArgs:
+    """Arguments from ``{name: value}``; unknown names are an error, ``None`` keeps the default."""
+    unknown = sorted(set(values) - set(ARG_NAMES))
+    if unknown:
+        raise ArgumentError(f"unknown SUPIR argument(s): {', '.join(unknown)}; known: {', '.join(ARG_NAMES)}")
+    changes, problems = {}, []
+    for name, value in values.items():
+        if value is None:
+            continue
+        try:
+            changes[name] = _coerce(name, value)
+        except (TypeError, ValueError):
+            problems.append(f"{name} must be {_KINDS[_TYPES[name]]}, got {value!r}")
+    if problems:
+        raise ArgumentError("SUPIR arguments: " + "; ".join(problems))
+    return (defaults or SupirArgs()).replace(**changes)
+
+
+def with_preset(args: SupirArgs, preset_name: str) -> SupirArgs:
+    """The preset's sampler values (Quality / Fidelity) applied to ``args``."""
+    values = PRESETS[preset_name.lower()]
+    cfg_start, control_start = values["cfg_scale_start"], values["control_scale_start"]
+    return args.replace(
+        steps=values["steps"],
+        cfg_scale=values["cfg_scale"],
+        linear_cfg=cfg_start is not None,
+        cfg_scale_start=args.cfg_scale_start if cfg_start is None else cfg_start,
+        control_scale=values["control_scale"],
+        linear_control=control_start is not None,
+        control_scale_start=args.control_scale_start if control_start is None else control_start,
+        restoration_scale=values["restoration_scale"],
+        s_churn=values["s_churn"],
+        s_noise=values["s_noise"],
+        color_fix=values["color_fix"],
+    )
+
+
+def to_settings(args: SupirArgs, base: UpscaleSettings, caption: str, seed: int) -> UpscaleSettings:
+    """Engine settings: ``base`` carries what comes from Settings (minimum size, tiles), ``args`` the rest."""
+    return base.replace(
+        scale=args.scale,
+        steps=args.steps,
+        sampler=args.sampler,
+        cfg_scale=args.cfg_scale,
+        cfg_scale_start=args.cfg_scale_start if args.linear_cfg else None,
+        control_scale=args.control_scale,
+        control_scale_start=args.control_scale_start if args.linear_control else None,
+        restoration_scale=args.restoration_scale,
+        s_churn=args.s_churn,
+        s_noise=args.s_noise,
+        color_fix=args.color_fix.lower(),
+        denoise_stage=args.denoise_stage,
+        caption=caption,
+        positive_prompt=args.positive_prompt,
+        negative_prompt=args.negative_prompt,
+        seed=seed,
+    )
+
+
+# ------------------------------------------------------------------------------------------ infotext
+
+# (SupirArgs attribute, infotext key) for the fields that have a component in the accordion; keys are the
+# engine's (supir_engine.infotext) wherever the engine has the value, so files written by the CLI and by
+# the webui read back the same way.
+_ENGINE_KEYS = dict(INFOTEXT_FIELDS)
+INFOTEXT_KEYS: tuple[tuple[str, str], ...] = (
+    ("model", MODEL_KEY),
+    ("scale", _ENGINE_KEYS["scale"]),
+    ("skip_img2img", SKIP_IMG2IMG_KEY),
+    ("prompt_source", PROMPT_SOURCE_KEY),
+    ("caption", _ENGINE_KEYS["caption"]),
+    ("positive_prompt", _ENGINE_KEYS["positive_prompt"]),
+    ("negative_prompt", _ENGINE_KEYS["negative_prompt"]),
+    ("steps", _ENGINE_KEYS["steps"]),
+    ("sampler", _ENGINE_KEYS["sampler"]),
+    ("cfg_scale", _ENGINE_KEYS["cfg_scale"]),
+    ("cfg_scale_start", _ENGINE_KEYS["cfg_scale_start"]),
+    ("control_scale", _ENGINE_KEYS["control_scale"]),
+    ("control_scale_start", _ENGINE_KEYS["control_scale_start"]),
+    ("restoration_scale", _ENGINE_KEYS["restoration_scale"]),
+    ("s_churn", _ENGINE_KEYS["s_churn"]),
+    ("s_noise", _ENGINE_KEYS["s_noise"]),
+    ("seed", _ENGINE_KEYS["seed"]),
+    ("seed_from_image", SEED_FROM_IMAGE_KEY),
+    ("color_fix", _ENGINE_KEYS["color_fix"]),
+    ("denoise_stage", _ENGINE_KEYS["denoise_stage"]),
+)
+# Every key infotext_params may write, in the order the infotext shows them.
+ALL_INFOTEXT_KEYS: tuple[str, ...] = (
+    MODEL_KEY,
+    *(key for _, key in INFOTEXT_FIELDS),
+    PROMPT_SOURCE_KEY,
+    SKIP_IMG2IMG_KEY,
+    SEED_FROM_IMAGE_KEY,
+)
+# Fields read back from other keys (no key of their own): True when the ramp's start value is written.
+DERIVED_FIELDS: dict[str, Callable[[Mapping[str, str]], Any]] = {
+    "enabled": lambda params: MODEL_KEY in params,
+    "linear_cfg": lambda params: _has_value(params, _ENGINE_KEYS["cfg_scale_start"]),
+    "linear_control": lambda params: _has_value(params, _ENGINE_KEYS["control_scale_start"]),
+}
+
+
+def _has_value(params: Mapping[str, str], key: str) -> bool:
+    return key in params and str(params[key]) != "None"
+
+
+def infotext_params(
+    args: SupirArgs, settings: UpscaleSettings, default_prompts: tuple[str, str] = ("", "")
+) -> dict[str, Any]:
+    """Infotext ``{key: raw value}`` for one upscale (the webui quotes values itself).
+
+    Every engine setting is written, as used (the seed is the one drawn). The caption is written only when
+    it is a custom one (a generation prompt is already the infotext's prompt), and the positive and
+    negative prompts only when they differ from the Settings defaults, so infotexts stay readable.
+    """
+    params: dict[str, Any] = {MODEL_KEY: model_name(args.variant)}
+    for attr, key in INFOTEXT_FIELDS:
+        value = getattr(settings, attr)
+        if value is not None:
+            params[key] = value
+    params[PROMPT_SOURCE_KEY] = args.prompt_source
+    if args.skip_img2img:
+        params[SKIP_IMG2IMG_KEY] = True
+    if args.seed_from_image:
+        params[SEED_FROM_IMAGE_KEY] = True
+    params.pop(_ENGINE_KEYS["caption"], None)
+    if args.prompt_source == "Custom caption" and args.caption:
+        params[_ENGINE_KEYS["caption"]] = args.caption  # as typed (the run adds a separator)
+    for attr, default in zip(("positive_prompt", "negative_prompt"), default_prompts):
+        if getattr(settings, attr) == default:
+            params.pop(_ENGINE_KEYS[attr], None)
+    return params
+
+
+def paste_value(name: str, params: Mapping[str, str]) -> Any:
+    """The value for the ``name`` component from pasted infotext parameters; None leaves it unchanged."""
+    if name in DERIVED_FIELDS:
+        return DERIVED_FIELDS[name](params)
+    key = dict(INFOTEXT_KEYS)[name]
+    if not _has_value(params, key):
+        return None
+    return _coerce(name, params[key])

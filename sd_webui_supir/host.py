@@ -1,0 +1,113 @@
+"""The webui implementation of supir_engine's Host protocol.
+
+Memory goes through the webui's own functions: ``sd_models.send_model_to_cpu`` (which also handles
+--medvram / --lowvram) before SUPIR, ``sd_models.send_model_to_device`` after it, ``devices.torch_gc``
+in between. Progress goes to ``shared.state``, which the webui's progress bar and
+``/sdapi/v1/progress`` read; Interrupt and Skip set flags there that :meth:`WebuiHost.should_stop` reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+from modules import devices, sd_models, shared
+
+log = logging.getLogger(__name__)
+
+STAGE_NAMES = {
+    "stage1": "stage 1 (denoise encoder)",
+    "text": "text encoders",
+    "sampling": "sampling",
+    "decode": "VAE decode",
+}
+
+
+def loaded_sd_model():
+    """The webui's loaded checkpoint, or None; never triggers a load (``shared.sd_model`` would)."""
+    return sd_models.model_data.sd_model
+
+
+def _on_accelerator(model) -> bool:
+    if getattr(model, "lowvram", False):
+        return True  # --medvram / --lowvram: send_model_to_device re-applies the webui's own scheme
+    device = getattr(model, "device", None)
+    if device is None:
+        try:
+            device = next(model.parameters()).device
+        except (AttributeError, StopIteration):
+            return False
+    return str(device).split(":")[0] not in ("cpu", "meta")
+
+
+class WebuiHost:
+    """Frees the device for SUPIR and gives it back; re-entrant, so callers may hold a lease around a run.
+
+    ``before_restore`` callbacks run just before the SD checkpoint goes back to its device (the model
+    cache uses it to drop references to the CPU copies of the checkpoint's tensors).
+    """
+
+    def __init__(self, label: str = "SUPIR") -> None:
+        self.label = label
+        self.before_restore: list[Callable[[], object]] = []
+        self._depth = 0
+        self._model = None
+        self._restore = False
+
+    @property
+    def will_restore(self) -> bool:
+        """True when the SD checkpoint was on an accelerator and goes back there at the end of the lease."""
+        return self._restore
+
+    def acquire_device(self) -> None:
+        self._depth += 1
+        if self._depth > 1:
+            return
+        self._model = loaded_sd_model()
+        self._restore = self._model is not None and _on_accelerator(self._model)
+        if self._model is not None:
+            sd_models.send_model_to_cpu(self._model)
+        devices.torch_gc()
+
+    def release_device(self) -> None:
+        if self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth:
+            return
+        try:
+            for callback in self.before_restore:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("SUPIR: cleanup before restoring the SD checkpoint failed")
+        finally:
+            model, restore = self._model, self._restore
+            self._model, self._restore = None, False
+            if restore:
+                sd_models.send_model_to_device(model)
+            devices.torch_gc()
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[WebuiHost]:
+        """The device is SUPIR's inside the block; the SD checkpoint is restored however the block ends."""
+        self.acquire_device()
+        try:
+            yield self
+        finally:
+            self.release_device()
+
+    def progress(self, stage: str, step: int, total: int) -> None:
+        state = shared.state
+        name = STAGE_NAMES.get(stage, stage)
+        if stage == "sampling":
+            state.sampling_steps = total
+            state.sampling_step = step
+            state.textinfo = f"{self.label}: sampling step {step}/{total}"
+        else:
+            state.textinfo = f"{self.label}: {name}"
+
+    def should_stop(self) -> bool:
+        state = shared.state
+        return bool(state.interrupted or state.skipped)

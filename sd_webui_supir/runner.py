@@ -1,0 +1,253 @@
+"""One SUPIR run inside the webui: which files, which SDXL tensors, the cached model, the device lease.
+
+Every entry point (txt2img / img2img script, Extras, Upscaler, API routes) calls :func:`upscale`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from modules import devices, sd_models
+from PIL import Image
+
+from supir_engine.checkpoints import LoadOptions
+from supir_engine.errors import CancelledError, CheckpointNotFoundError, SupirError
+from supir_engine.model_cache import InMemorySDXL, ModelCache, SDXLSource
+from supir_engine.model_files import HOW_TO_GET_SUPIR, find_supir
+from supir_engine.pipeline import SUPIRPipeline, UpscaleResult
+from supir_engine.settings import UpscaleSettings
+
+from .args import model_name
+from .host import WebuiHost, loaded_sd_model
+from .options import LOADED_CHECKPOINT, models_dir, opt
+
+log = logging.getLogger(__name__)
+
+CACHE = ModelCache()
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+SDXL_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "conditioner.embedders.")
+NOT_SDXL = (
+    "the loaded checkpoint ({name}) is not an SDXL model, and SUPIR runs on SDXL. Load an SDXL checkpoint "
+    "(sd_xl_base_1.0 or a fine-tune such as Juggernaut-XL; the SUPIR authors recommend these), or choose a "
+    "file in Settings > SUPIR > 'SDXL base model SUPIR runs on'."
+)
+NO_CHECKPOINT = (
+    "no checkpoint is loaded. Load an SDXL checkpoint, or choose an SDXL file in Settings > SUPIR > "
+    "'SDXL base model SUPIR runs on'."
+)
+
+
+class _Loaded:
+    """The pipeline over the cached model (it keeps the stage-1 cache between runs on the same image)."""
+
+    lock = threading.Lock()
+    pipeline: SUPIRPipeline | None = None
+    policy: str | None = None
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def supir_files() -> dict[str, Path]:
+    """{"Q": path, "F": path} for the SUPIR variants present in the models folder."""
+    found = {}
+    for variant in ("Q", "F"):
+        with contextlib.suppress(CheckpointNotFoundError):
+            found[variant] = find_supir(models_dir(), variant)
+    return found
+
+
+def configured_base() -> Path | None:
+    """The SDXL file chosen in Settings, or None for the loaded checkpoint."""
+    choice = str(opt("supir_sdxl_base") or "").strip()
+    if not choice or choice == LOADED_CHECKPOINT:
+        return None
+    info = sd_models.checkpoints_list.get(choice)
+    candidates = [Path(info.filename)] if info is not None else []
+    candidates += [Path(choice).expanduser(), models_dir() / choice]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise CheckpointNotFoundError(
+        f"the SDXL base '{choice}' chosen in Settings > SUPIR was not found (looked in the webui's "
+        f"checkpoints and in {models_dir()}); choose another one there, or '{LOADED_CHECKPOINT}'."
+    )
+
+
+def webui_sdxl_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The SDXL tensors of the webui's model in checkpoint key layout.
+
+    The webui wraps its text encoders (``sd_hijack``) in modules holding the original as ``wrapped``,
+    which inserts ``.wrapped`` into their state-dict keys; removing it gives the file's names back.
+    """
+    tensors = {}
+    for key, tensor in state.items():
+        if key.startswith(SDXL_PREFIXES):
+            tensors[key.replace(".wrapped.", ".")] = tensor
+    return tensors
+
+
+def describe_checkpoint(model) -> str:
+    info = getattr(model, "sd_checkpoint_info", None)
+    return getattr(info, "title", None) or getattr(info, "name", None) or "unknown"
+
+
+def resolve_base() -> SDXLSource:
+    """The SDXL base: the file set in Settings, else the loaded SDXL checkpoint's tensors (shared)."""
+    path = configured_base()
+    if path is not None:
+        return path
+    model = loaded_sd_model()
+    if model is None:
+        raise SupirError(NO_CHECKPOINT)
+    if not getattr(model, "is_sdxl", False):
+        raise SupirError(NOT_SDXL.format(name=describe_checkpoint(model)))
+    token = (id(model), getattr(model, "sd_model_checkpoint", None), getattr(model, "sd_model_hash", None))
+    return InMemorySDXL(webui_sdxl_tensors(model.state_dict()), token, describe_checkpoint(model))
+
+
+def preflight(variant: str) -> str | None:
+    """Why SUPIR cannot run right now (missing file, no SDXL base), or None; cheap, reads no weights."""
+    try:
+        find_supir(models_dir(), variant)
+        return None if configured_base() is not None else loaded_base_problem()
+    except SupirError as exc:
+        return str(exc)
+
+
+def loaded_base_problem() -> str | None:
+    """Why the loaded checkpoint cannot be SUPIR's base, or None."""
+    model = loaded_sd_model()
+    if model is None:
+        return NO_CHECKPOINT
+    return None if getattr(model, "is_sdxl", False) else NOT_SDXL.format(name=describe_checkpoint(model))
+
+
+def model_status() -> dict[str, Any]:
+    """Which model files are present and what is missing, for the UI and the API."""
+    folder = models_dir()
+    found = supir_files()
+    try:
+        problem = None if configured_base() is not None else loaded_base_problem()
+    except SupirError as exc:
+        problem = str(exc)
+    return {
+        "models_dir": str(folder),
+        "models": [{"name": model_name(v), "variant": v, "file": str(p)} for v, p in found.items()],
+        "missing": [model_name(v) for v in ("Q", "F") if v not in found],
+        "how_to_get": HOW_TO_GET_SUPIR.format(folder=folder).replace(", or pass its path with --supir", ""),
+        "sdxl_base": str(opt("supir_sdxl_base")),
+        "sdxl_problem": problem,
+    }
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+def load_options(device: torch.device) -> LoadOptions:
+    choice = str(opt("supir_storage_dtype"))
+    if choice in DTYPES:
+        return LoadOptions(dtype=DTYPES[choice])
+    return LoadOptions(dtype=torch.float32 if device.type == "cpu" else torch.float16)
+
+
+def base_settings() -> UpscaleSettings:
+    """What Settings decide for every run (size floor, tiles); ``0`` means automatic."""
+    tile = int(opt("supir_tile_size")) or None
+    stride = (int(opt("supir_tile_stride")) or (tile // 2 if tile else None)) if tile else None
+    return UpscaleSettings(
+        min_size=int(opt("supir_min_size")),
+        tile_size=tile,
+        tile_stride=stride,
+        vae_encoder_tile=int(opt("supir_vae_encoder_tile")) or None,
+        vae_decoder_tile=int(opt("supir_vae_decoder_tile")) or None,
+    )
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+@contextlib.contextmanager
+def _no_autocast(device: torch.device) -> Iterator[None]:
+    """SUPIR picks its own dtypes; the webui may call us inside its CUDA autocast (hires fix upscalers)."""
+    if device.type == "cuda":
+        with torch.autocast("cuda", enabled=False):
+            yield
+    else:
+        yield
+
+
+def _after_run(host: WebuiHost) -> None:
+    if not opt("supir_keep_in_ram"):
+        release()
+    elif host.will_restore:
+        # The checkpoint goes back to the GPU: the CPU copies we share would stay alive for us alone.
+        release(shared_only=True)
+
+
+def is_busy() -> bool:
+    return _Loaded.lock.locked()
+
+
+def release(shared_only: bool = False) -> None:
+    """Drop the cached model (or only what references the webui's checkpoint tensors)."""
+    released = CACHE.release_shared() if shared_only else (CACHE.release() or True)
+    if released:
+        _Loaded.pipeline = None
+
+
+def _pipeline(model, device: torch.device) -> SUPIRPipeline:
+    policy = str(opt("supir_memory_policy"))
+    current = _Loaded.pipeline
+    if current is None or current.model is not model or current.device != device or _Loaded.policy != policy:
+        current = _Loaded.pipeline = SUPIRPipeline(model, device, memory=policy)
+        _Loaded.policy = policy
+    return current
+
+
+def fit_to_scale(image: Image.Image, source_size: tuple[int, int], scale: float) -> Image.Image:
+    """The result at exactly ``scale`` x the input (SUPIR rounds to multiples of 32 and a minimum side)."""
+    target = (max(1, round(source_size[0] * scale)), max(1, round(source_size[1] * scale)))
+    return image if image.size == target else image.resize(target, Image.LANCZOS)
+
+
+def upscale(
+    image: Image.Image, settings: UpscaleSettings, variant: str, label: str = "SUPIR"
+) -> UpscaleResult:
+    """Restore and upscale one image with the webui's SD checkpoint out of the way.
+
+    Raises SupirError (CancelledError when the user interrupts); the SD checkpoint is back on its device
+    whatever happens.
+    """
+    host = WebuiHost(label)
+    host.before_restore.append(lambda: _after_run(host))
+    with _Loaded.lock, host.lease():
+        supir_file = find_supir(models_dir(), variant)
+        device = devices.get_device_for("supir")
+        model = CACHE.get(resolve_base(), supir_file, load_options(device))
+        pipeline = _pipeline(model, device)
+        with _no_autocast(device):
+            result = pipeline.upscale(image, settings, host)
+    result.image = fit_to_scale(result.image, image.size, settings.scale)
+    result.output_size = result.image.size
+    return result
+
+
+def user_message(exc: BaseException) -> str:
+    """What to tell the user about a failed run."""
+    if isinstance(exc, CancelledError):
+        return "SUPIR was interrupted; the image was kept as it was."
+    if isinstance(exc, SupirError):
+        return f"SUPIR: {exc}"
+    if isinstance(exc, torch.OutOfMemoryError):
+        return (
+            "SUPIR ran out of memory; the image was kept as it was. Lower the scale, or set smaller tile "
+            "sizes in Settings > SUPIR."
+        )
+    return f"SUPIR failed ({type(exc).__name__}: {exc}); the image was kept as it was."

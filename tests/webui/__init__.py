@@ -1,0 +1,1 @@
+"""Tests of the webui extension against a fake webui (see conftest.py)."""

@@ -1,0 +1,3 @@
+import threading
+
+queue_lock = threading.Lock()  # the webui's is a FIFO lock with the same context-manager use

@@ -1,0 +1,79 @@
+"""The UIs and the Settings section, built with the installed gradio (CI runs this with 3.41.2 too)."""
+
+from __future__ import annotations
+
+import gradio as gr
+from modules import scripts, shared
+
+from sd_webui_supir.args import ARG_NAMES, INFOTEXT_KEYS
+from sd_webui_supir.options import DEFAULTS, SECTION
+
+
+def test_script_ui_components_match_the_argument_order(webui):
+    for runner, tab in ((scripts.scripts_txt2img, "txt2img"), (scripts.scripts_img2img, "img2img")):
+        script = runner.scripts[0]
+        assert len(script.controls) == len(ARG_NAMES)
+        assert script.controls[ARG_NAMES.index("steps")].elem_id == f"script_{tab}_supir_steps"
+        assert script.controls[0].value is False  # the accordion starts closed: SUPIR off
+        skip = script.controls[ARG_NAMES.index("skip_img2img")]
+        assert skip.visible is (tab == "img2img")
+        assert {key for _, key in script.infotext_fields} >= {key for _, key in INFOTEXT_KEYS}
+        assert script.paste_field_names == [key for _, key in INFOTEXT_KEYS]
+
+
+def test_initial_values_come_from_settings(webui):
+    script = scripts.scripts_txt2img.scripts[0]
+    values = dict(zip(ARG_NAMES, (c.value for c in script.controls)))
+    assert values["steps"] == 50 and values["cfg_scale"] == 7.5  # the Quality preset
+    assert values["positive_prompt"] == DEFAULTS["supir_positive_prompt"]
+
+
+def test_preset_change_sets_the_sampler_values(webui):
+    from sd_webui_supir.ui import PRESET_FIELDS, preset_values
+
+    fidelity = dict(zip(PRESET_FIELDS, preset_values("Fidelity")))
+    assert (
+        fidelity["cfg_scale"] == 4.0 and fidelity["cfg_scale_start"] == 1.0 and fidelity["linear_cfg"] is True
+    )
+
+
+def test_extras_ui_returns_named_controls(webui):
+    script = next(s for s in scripts.scripts_postproc.scripts if s.name == "SUPIR")
+    assert list(script.controls) == [n for n in ARG_NAMES if n != "skip_img2img"]
+    assert script.controls["model"].elem_id == "extras_supir_model"
+
+
+def test_settings_section_builds_as_the_webui_builds_it(webui):
+    """modules/ui_settings.create_setting_component: component(label=, value=, elem_id=, **args)."""
+    keys = [k for k, info in shared.opts.data_labels.items() if info.section == SECTION]
+    assert keys == list(DEFAULTS)
+    with gr.Blocks():
+        for key in keys:
+            info = shared.opts.data_labels[key]
+            args = info.component_args() if callable(info.component_args) else info.component_args
+            kind = type(info.default)
+            component = info.component or {str: gr.Textbox, int: gr.Number, bool: gr.Checkbox}[kind]
+            built = component(
+                label=info.label, value=getattr(shared.opts, key), elem_id=f"setting_{key}", **(args or {})
+            )
+            assert built.label == info.label
+
+
+def test_status_html_names_missing_files_and_where_to_get_them(webui, tmp_path):
+    from sd_webui_supir.ui import status_html
+
+    assert "SUPIR-v0Q" in status_html() and "Missing" not in status_html()
+    shared.opts.supir_models_path = str(tmp_path)
+    try:
+        html = status_html()
+    finally:
+        shared.opts.supir_models_path = ""
+    assert "Missing: SUPIR-v0Q, SUPIR-v0F" in html and "Fanghua-Yu/SUPIR" in html and str(tmp_path) in html
+
+
+def test_every_label_has_a_tooltip(webui):
+    from pathlib import Path
+
+    script_js = (Path(__file__).resolve().parents[2] / "javascript" / "supir.js").read_text()
+    labels = {c.label for c in scripts.scripts_txt2img.scripts[0].controls} - {"SUPIR"}
+    assert all(f'"{label}":' in script_js for label in labels), labels
