@@ -349,6 +349,8 @@ def _gib(n: float) -> str:
 
 def _verdict(row: Row) -> str:
     target = TARGETS_GIB.get((row.requested, row.storage))
+    if row.case.startswith("untiled"):
+        return "reference: untiled FLOPs, plain VAE"
     if row.requested == "auto":
         budget = float(row.case.split(":")[0][4:])
         target = budget

@@ -352,6 +352,9 @@ class _HostPins:
             )
 
     def unpin(self) -> None:
+        if not self._pointers:
+            return
+        torch.cuda.synchronize()  # no copy from these pages may still be in flight
         cudart = torch.cuda.cudart()
         for ptr in self._pointers:
             cudart.cudaHostUnregister(ptr)
@@ -532,7 +535,6 @@ class Residency:
         self.copier = _Copier(self.device, self.placement.transfer, side_stream=cuda and prefetch)
         self.prefetch = prefetch
         self.pin_memory = pin_memory and cuda
-        self._held: list[list[_Slot]] = []  # what ``full`` keeps until release()
 
     @contextlib.contextmanager
     def stage(
@@ -561,9 +563,7 @@ class Residency:
                 streamer.close()
             if pins is not None:
                 pins.unpin()
-            if self.policy == "full":
-                self._held.append(slots)
-            else:
+            if self.policy != "full":  # ``full`` keeps its copies until release()
                 self.placement.release(slots)
             self._notify("end", name)
 
@@ -580,7 +580,6 @@ class Residency:
 
     def release(self) -> None:
         """Drop every device copy (what ``full`` kept, and anything a failed stage left)."""
-        self._held = []
         self.placement.release_all()
 
     @property
@@ -748,11 +747,11 @@ def _vae_peak(work: Workload, tiles: tuple[int | None, int | None], weights: int
     h, w = work.latent_hw
     scale = work.vae_channels / 128 * work.vae_itemsize / 2
     enc_tile, dec_tile = tiles
-    if enc_tile is None:
+    if enc_tile is None or enc_tile >= 8 * max(h, w):  # one tile: the plain network runs
         encode = VAE_PLAIN_ENCODE_ACT_PER_PX * 64 * h * w
     else:
         encode = VAE_ENCODE_ACT_PER_PX * min(enc_tile, 8 * h) * min(enc_tile, 8 * w)
-    if dec_tile is None:
+    if dec_tile is None or dec_tile >= max(h, w):
         decode = VAE_PLAIN_DECODE_ACT_PER_PX * h * w
     else:
         decode = VAE_DECODE_ACT_PER_PX * min(dec_tile, h) * min(dec_tile, w)

@@ -431,10 +431,12 @@ def test_host_pinning_registers_each_storage_once_and_unregisters(monkeypatch):
             return 0
 
     monkeypatch.setattr(torch.cuda, "cudart", lambda: FakeCudart())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: calls.append(("synchronize",)))
     base = torch.zeros(1000)
     pins = _HostPins()
     pins.pin([base, base[10:], torch.ones(5)])  # a view shares its base's storage
     registered = [c for c in calls if c[0] == "register"]
     assert len(registered) == 2 and registered[0][1:] == (base.data_ptr(), 4000)
     pins.unpin()
+    assert calls[2] == ("synchronize",)  # in-flight copies finish before the pages are unlocked
     assert sorted(c[1] for c in calls if c[0] == "unregister") == sorted(c[1] for c in registered)
