@@ -1,6 +1,6 @@
 """Peak device memory and FLOPs of one upscale, per memory policy and weight storage dtype.
 
-    python bench/vram.py                        # real-size SUPIR, 1024 -> 2048 px, every case (~2 h)
+    python bench/vram.py                        # real-size SUPIR, 1024 -> 2048 px, every case (~1 h)
     python bench/vram.py --case stages:fp16 --case blocks:fp8 --json
     python bench/vram.py --config tiny          # the tiny architecture, 64 -> 128 px, seconds
     python bench/vram.py --list                 # the case names
@@ -14,7 +14,9 @@ live device bytes as ``torch.cuda.max_memory_allocated`` would (``fakevram.py`` 
 the file given by ``--fakevram``; see ../shared/reference/VRAM_MEASUREMENT.md). These figures are
 ``memory_allocated`` peaks: the CUDA context, allocator fragmentation and library workspaces come on
 top, and prefetch overlap is not modelled (the prefetched chunk is counted as live, as it would be).
-On a CUDA device (``--real``) the same run is measured with ``torch.cuda.max_memory_allocated``.
+On a CUDA device (or with ``--real``; ``--fake`` forces the tracker) the same run is measured with
+``torch.cuda.max_memory_allocated`` (the weights are then real, uninitialised RAM: 9 GB for fp16).
+``--calibrate`` measures the pieces behind the activation estimates of memory.py's ``auto`` planner.
 Each measurement runs in a subprocess of its own (the fake-tensor machinery is not re-entrant and
 leaks between sessions).
 """
@@ -403,7 +405,10 @@ def main() -> None:
     parser.add_argument("--config", choices=("full", "tiny"), default="full")
     parser.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     parser.add_argument("--fakevram", default=str(DEFAULT_FAKEVRAM), help="path of fakevram.py")
-    parser.add_argument("--real", action="store_true", help="measure on the CUDA device instead")
+    parser.add_argument(
+        "--real", action="store_true", help="measure on the CUDA device (default when there is one)"
+    )
+    parser.add_argument("--fake", action="store_true", help="use the fake tracker even when there is a GPU")
     parser.add_argument("--out", help="append each row (JSON) to this file as it is measured")
     parser.add_argument("--from", dest="from_file", help="report rows saved with --out instead of measuring")
     parser.add_argument("--list", action="store_true")
@@ -415,6 +420,10 @@ def main() -> None:
     if args.worker:
         _worker(args)
         return
+    if not args.fake and not args.real:
+        import torch
+
+        args.real = torch.cuda.is_available()
     if args.list:
         print("\n".join(CASES))
         return

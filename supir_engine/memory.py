@@ -140,7 +140,9 @@ def tensor_bytes(modules: Iterable[nn.Module]) -> int:
 class MemoryConfig:
     """How the pipeline uses device memory.
 
-    policy: ``full``, ``stages``, ``blocks`` or ``auto`` (module docstring).
+    policy: ``full``, ``stages``, ``blocks`` or ``auto`` (module docstring). With ``auto``, sampler and
+        VAE tiles left as None in the UpscaleSettings are chosen by the plan (tiles given are kept); the
+        result's settings record what was used.
     budget_bytes: device bytes a run may use; None = free device memory minus the margin. ``auto`` plans
         within it; ``blocks`` fills it with resident layers when ``resident_bytes`` is None.
     resident_bytes: with ``blocks``: bytes of streamed networks kept resident (0 = stream everything).
