@@ -19,9 +19,9 @@ from supir_engine.settings import (
     COLOR_FIXES,
     DEFAULT_NEGATIVE_PROMPT,
     DEFAULT_POSITIVE_PROMPT,
-    PRESETS,
     SAMPLER_NAMES,
     UpscaleSettings,
+    preset_controls,
 )
 
 MODEL_NAMES = ("SUPIR-v0Q", "SUPIR-v0F")
@@ -142,21 +142,7 @@ def from_mapping(values: Mapping[str, Any], defaults: SupirArgs | None = None) -
 
 def with_preset(args: SupirArgs, preset_name: str) -> SupirArgs:
     """The preset's sampler values (Quality / Fidelity) applied to ``args``."""
-    values = PRESETS[preset_name.lower()]
-    cfg_start, control_start = values["cfg_scale_start"], values["control_scale_start"]
-    return args.replace(
-        steps=values["steps"],
-        cfg_scale=values["cfg_scale"],
-        linear_cfg=cfg_start is not None,
-        cfg_scale_start=args.cfg_scale_start if cfg_start is None else cfg_start,
-        control_scale=values["control_scale"],
-        linear_control=control_start is not None,
-        control_scale_start=args.control_scale_start if control_start is None else control_start,
-        restoration_scale=values["restoration_scale"],
-        s_churn=values["s_churn"],
-        s_noise=values["s_noise"],
-        color_fix=values["color_fix"],
-    )
+    return args.replace(**preset_controls(preset_name, args.cfg_scale_start, args.control_scale_start))
 
 
 def to_settings(args: SupirArgs, base: UpscaleSettings, caption: str, seed: int) -> UpscaleSettings:

@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from supir_engine.settings import COLOR_FIXES, SAMPLER_NAMES
+from supir_engine.settings import COLOR_FIXES, PRESET_CONTROLS, SAMPLER_NAMES
 
 from .args import (
     ARG_NAMES,
@@ -26,19 +26,7 @@ from .options import PRESETS, default_args, opt
 from .runner import model_status
 
 # The components a preset sets, in the order preset_values returns them.
-PRESET_FIELDS = (
-    "steps",
-    "cfg_scale",
-    "linear_cfg",
-    "cfg_scale_start",
-    "control_scale",
-    "linear_control",
-    "control_scale_start",
-    "restoration_scale",
-    "s_churn",
-    "s_noise",
-    "color_fix",
-)
+PRESET_FIELDS = PRESET_CONTROLS
 
 
 def preset_values(preset: str) -> list[Any]:

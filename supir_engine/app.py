@@ -30,7 +30,15 @@ from .errors import CancelledError, CheckpointNotFoundError, SupirError
 from .infotext import infotext_line, to_infotext
 from .model_cache import ModelCache
 from .preprocess import MAX_PIXELS, MAX_SIDE, ImageError, check_size, target_size
-from .settings import COLOR_FIXES, PRESETS, SAMPLER_NAMES, UpscaleSettings, preset
+from .settings import (
+    COLOR_FIXES,
+    PRESET_CONTROLS,
+    PRESETS,
+    SAMPLER_NAMES,
+    UpscaleSettings,
+    preset,
+    preset_controls,
+)
 
 log = logging.getLogger(__name__)
 
@@ -400,35 +408,8 @@ def call_upscaler_settings(
 
 def preset_values(name: str) -> list[Any]:
     """Control values of a preset, in PRESET_CONTROLS order."""
-    s = preset(name)
-    return [
-        s.steps,
-        s.cfg_scale,
-        s.cfg_scale_start is not None,
-        s.cfg_scale_start if s.cfg_scale_start is not None else 1.0,
-        s.control_scale,
-        s.control_scale_start is not None,
-        s.control_scale_start if s.control_scale_start is not None else 0.0,
-        s.restoration_scale,
-        s.s_churn,
-        s.s_noise,
-        s.color_fix,
-    ]
-
-
-PRESET_CONTROLS = (
-    "steps",
-    "cfg_scale",
-    "linear_cfg",
-    "cfg_scale_start",
-    "control_scale",
-    "linear_control",
-    "control_scale_start",
-    "restoration_scale",
-    "s_churn",
-    "s_noise",
-    "color_fix",
-)
+    controls = preset_controls(name, cfg_start_off=1.0, control_start_off=0.0)
+    return [controls[n] for n in PRESET_CONTROLS]
 
 
 # ------------------------------------------------------------------------------------- the app

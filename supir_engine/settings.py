@@ -99,6 +99,44 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The UI controls a preset sets: each optional ramp start is shown as an on/off switch plus a value.
+PRESET_CONTROLS = (
+    "steps",
+    "cfg_scale",
+    "linear_cfg",
+    "cfg_scale_start",
+    "control_scale",
+    "linear_control",
+    "control_scale_start",
+    "restoration_scale",
+    "s_churn",
+    "s_noise",
+    "color_fix",
+)
+
+
+def preset_controls(name: str, cfg_start_off: float, control_start_off: float) -> dict[str, Any]:
+    """Values of PRESET_CONTROLS for preset ``name`` (KeyError if unknown).
+
+    A ramp the preset leaves off keeps the given ``*_off`` value in its (disabled) start control.
+    """
+    values = PRESETS[name.lower()]
+    cfg_start, control_start = values["cfg_scale_start"], values["control_scale_start"]
+    return {
+        "steps": values["steps"],
+        "cfg_scale": values["cfg_scale"],
+        "linear_cfg": cfg_start is not None,
+        "cfg_scale_start": cfg_start_off if cfg_start is None else cfg_start,
+        "control_scale": values["control_scale"],
+        "linear_control": control_start is not None,
+        "control_scale_start": control_start_off if control_start is None else control_start,
+        "restoration_scale": values["restoration_scale"],
+        "s_churn": values["s_churn"],
+        "s_noise": values["s_noise"],
+        "color_fix": values["color_fix"],
+    }
+
+
 def preset(name: str, **overrides: Any) -> UpscaleSettings:
     key = name.lower()
     if key not in PRESETS:
