@@ -18,6 +18,7 @@ from PIL import Image
 
 from supir_engine.checkpoints import LoadOptions
 from supir_engine.errors import CancelledError, CheckpointNotFoundError, SupirError
+from supir_engine.memory import STORAGE_DTYPES, GiB, MemoryConfig
 from supir_engine.model_cache import InMemorySDXL, ModelCache, SDXLSource
 from supir_engine.model_files import HOW_TO_GET_SUPIR, find_supir
 from supir_engine.pipeline import SUPIRPipeline, UpscaleResult
@@ -30,7 +31,6 @@ from .options import LOADED_CHECKPOINT, models_dir, opt
 log = logging.getLogger(__name__)
 
 CACHE = ModelCache()
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 SDXL_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "conditioner.embedders.")
 NOT_SDXL = (
     "the loaded checkpoint ({name}) is not an SDXL model, and SUPIR runs on SDXL. Load an SDXL checkpoint "
@@ -48,7 +48,7 @@ class _Loaded:
 
     lock = threading.Lock()
     pipeline: SUPIRPipeline | None = None
-    policy: str | None = None
+    memory: MemoryConfig | None = None
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -152,8 +152,8 @@ def model_status() -> dict[str, Any]:
 
 def load_options(device: torch.device) -> LoadOptions:
     choice = str(opt("supir_storage_dtype"))
-    if choice in DTYPES:
-        return LoadOptions(dtype=DTYPES[choice])
+    if choice in STORAGE_DTYPES:
+        return LoadOptions(dtype=STORAGE_DTYPES[choice])
     return LoadOptions(dtype=torch.float32 if device.type == "cpu" else torch.float16)
 
 
@@ -202,12 +202,19 @@ def release(shared_only: bool = False) -> None:
         _Loaded.pipeline = None
 
 
+def memory_config() -> MemoryConfig:
+    budget = float(opt("supir_vram_budget") or 0)
+    return MemoryConfig(
+        policy=str(opt("supir_memory_policy")), budget_bytes=int(budget * GiB) if budget > 0 else None
+    )
+
+
 def _pipeline(model, device: torch.device) -> SUPIRPipeline:
-    policy = str(opt("supir_memory_policy"))
+    config = memory_config()
     current = _Loaded.pipeline
-    if current is None or current.model is not model or current.device != device or _Loaded.policy != policy:
-        current = _Loaded.pipeline = SUPIRPipeline(model, device, memory=policy)
-        _Loaded.policy = policy
+    if current is None or current.model is not model or current.device != device or _Loaded.memory != config:
+        current = _Loaded.pipeline = SUPIRPipeline(model, device, memory=config)
+        _Loaded.memory = config
     return current
 
 

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6688
-STORAGE_DTYPES = ("fp16", "bf16", "fp32")
+STORAGE_DTYPES = ("fp16", "bf16", "fp8", "fp32")
 STAGE_LABELS = {
     "load": "Loading the model",
     "stage1": "Stage 1 (denoise encoder)",

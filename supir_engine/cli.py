@@ -18,7 +18,7 @@ import torch
 
 from .checkpoints import LoadOptions, LoadReport, load_supir
 from .errors import CancelledError, SupirError
-from .memory import POLICIES
+from .memory import POLICIES, STORAGE_DTYPES, GiB, MemoryConfig, MemoryPlan
 from .settings import PRESETS, UpscaleSettings, preset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -48,7 +48,9 @@ HELP = {
     "vae_decoder_tile": "VAE decoder tile (latent px)",
 }
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# Weight storage dtypes: fp8 (float8_e4m3fn) stores UNet, control and text weights in one byte and
+# upcasts each layer's weight just in time; the VAE is never stored below bfloat16.
+DTYPES = STORAGE_DTYPES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +90,17 @@ def add_upscale_parser(commands) -> None:
     up.add_argument("--models-dir", type=Path, help="where to look for models (default models/SUPIR)")
     up.add_argument("--preset", choices=sorted(PRESETS), default="quality", help="parameter preset")
     up.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weight storage dtype")
+    up.add_argument(
+        "--memory",
+        choices=POLICIES,
+        help="device memory: full, stages (default), blocks (stream layers), auto (fit the free memory)",
+    )
+    up.add_argument(
+        "--vram-budget",
+        type=float,
+        metavar="GIB",
+        help="device memory SUPIR may use, in GiB (default: the free memory); used by --memory auto/blocks",
+    )
     up.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu (default: best available)")
     up.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists")
     up.add_argument(
@@ -116,7 +129,7 @@ def add_serve_parser(commands) -> None:
     serve.add_argument("--model", choices=["Q", "F"], default="Q", help="model loaded at start")
     serve.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weight storage dtype")
     serve.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu (default: best available)")
-    serve.add_argument("--memory", choices=POLICIES, help="memory policy (default: the pipeline's)")
+    serve.add_argument("--memory", choices=POLICIES, help="device memory policy (default: stages)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=6688, help="port (default 6688)")
     serve.add_argument(
@@ -326,7 +339,7 @@ def upscale_files(args: argparse.Namespace) -> int:
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
         print(
             f"{src} -> {dst} ({result.output_size[0]}x{result.output_size[1]}, seed {result.settings.seed}; "
-            f"{stages}{'; stage 1 cached' if result.stage1_cached else ''})",
+            f"{stages}{'; stage 1 cached' if result.stage1_cached else ''}{describe_memory(result.memory)})",
             file=sys.stderr,
         )
     return 1 if failures else 0
@@ -336,4 +349,27 @@ def load_pipeline(sdxl: Path, supir: Path, args: argparse.Namespace):
     from .pipeline import SUPIRPipeline
 
     model, report = load_supir(sdxl, supir, LoadOptions(dtype=DTYPES[args.dtype]))
-    return SUPIRPipeline(model, pick_device(args.device)), report
+    return SUPIRPipeline(model, pick_device(args.device), memory=memory_from_args(args)), report
+
+
+def memory_from_args(args: argparse.Namespace) -> MemoryConfig:
+    budget = getattr(args, "vram_budget", None)
+    if budget is not None and budget <= 0:
+        raise SupirError(f"--vram-budget must be a positive number of GiB, got {budget}")
+    return MemoryConfig(
+        policy=getattr(args, "memory", None) or "stages",
+        budget_bytes=None if budget is None else int(budget * GiB),
+    )
+
+
+def describe_memory(plan: MemoryPlan | None) -> str:
+    if plan is None:
+        return ""
+    parts = [plan.policy if plan.requested == plan.policy else f"{plan.requested} -> {plan.policy}"]
+    if plan.policy == "blocks":
+        parts.append(f"{plan.resident_bytes / GiB:.2f} GiB resident")
+    if plan.estimated_peak_bytes is not None:
+        parts.append(f"~{plan.estimated_peak_bytes / GiB:.2f} GiB peak")
+    if not plan.batch_cfg:
+        parts.append("cond/uncond one after the other")
+    return "; memory " + ", ".join(parts)

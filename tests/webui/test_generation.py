@@ -179,17 +179,19 @@ def test_settings_save_before_and_memory_policy(webui, monkeypatch):
     monkeypatch.setattr(runner, "SUPIRPipeline", pipeline)
     shared.opts.supir_save_before = True
     shared.opts.supir_memory_policy = "blocks"
+    shared.opts.supir_vram_budget = 3.5
     try:
         txt2img(webui, batch_size=1)
     finally:
         shared.opts.supir_save_before = False
         shared.opts.supir_memory_policy = "auto"
+        shared.opts.supir_vram_budget = 0.0
     assert [(s["image"].size, s["suffix"]) for s in images.saved] == [
         ((32, 32), "-before-supir"),
         ((64, 64), ""),
     ]
     assert "SUPIR model" not in images.saved[0]["info"] and "SUPIR model" in images.saved[1]["info"]
-    assert policies == ["blocks"]
+    assert [(m.policy, m.budget_bytes) for m in policies] == [("blocks", int(3.5 * 2**30))]
 
 
 def test_cpu_host_keeps_the_shared_model_and_fp8_tensors_are_used_unchanged(webui):
@@ -220,3 +222,16 @@ def test_cpu_host_keeps_the_shared_model_and_fp8_tensors_are_used_unchanged(webu
         assert torch.equal(now, before[k]), k
     script_callbacks.model_loaded_callback(model)  # the webui loaded another checkpoint: stop sharing
     assert runner.CACHE.describe()["base"] is None
+
+
+def test_storage_dtype_setting(webui):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert runner.load_options(cpu).dtype == torch.float32  # auto
+    assert runner.load_options(gpu).dtype == torch.float16
+    shared.opts.supir_storage_dtype = "fp8"
+    try:
+        assert runner.load_options(gpu).dtype == torch.float8_e4m3fn
+        txt2img(webui, batch_size=1)  # SUPIR's own weights stored in fp8, upcast per layer on the CPU
+    finally:
+        shared.opts.supir_storage_dtype = "auto"
+    assert images.saved[-1]["image"].size == (64, 64)
