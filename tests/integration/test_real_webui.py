@@ -1,0 +1,317 @@
+"""The extension inside a real stable-diffusion-webui (1.10), driven through its HTTP API.
+
+Opt-in: set ``SD_WEBUI_DIR`` to a webui checkout whose dependencies are installed (its ``repositories/``
+present), and ``SD_WEBUI_PYTHON`` to that environment's python if it is not ``SD_WEBUI_DIR/venv``. A
+Stable Diffusion checkpoint is taken from ``SD_WEBUI_CKPT`` or the first file in its
+``models/Stable-diffusion``; a random-weight SD 1.5 file is enough. The webui runs on the CPU, on a free
+loopback port, with a temporary ``--data-dir`` that holds this extension (linked) and tiny random SUPIR
+weights in the real key layout; nothing in the checkout is changed. The environment is passed on as it
+is, so an offline machine sets ``HF_HOME`` (the SD 1.5 tokenizer) and ``HF_HUB_OFFLINE=1`` itself.
+
+The tests run in file order against one server (about a minute to start on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+WEBUI = Path(os.environ["SD_WEBUI_DIR"]).expanduser() if os.environ.get("SD_WEBUI_DIR") else None
+
+pytestmark = pytest.mark.skipif(
+    WEBUI is None,
+    reason="integration test against a real webui: set SD_WEBUI_DIR to a stable-diffusion-webui 1.10 "
+    "checkout with its dependencies installed (see the README, 'Development')",
+)
+
+START_TIMEOUT = float(os.environ.get("SD_WEBUI_START_TIMEOUT", "600"))
+WEBUI_FLAGS = [
+    "--skip-prepare-environment",
+    "--skip-install",
+    "--skip-torch-cuda-test",
+    "--skip-version-check",
+    "--use-cpu",
+    "all",
+    "--no-half",
+    "--precision",
+    "full",
+    "--no-download-sd-model",
+    "--do-not-download-clip",
+    "--api",
+]
+SUPIR_BASE = "tiny-sdxl-base.safetensors"
+
+
+def webui_python() -> str:
+    if os.environ.get("SD_WEBUI_PYTHON"):
+        return os.environ["SD_WEBUI_PYTHON"]
+    for candidate in (WEBUI / "venv" / "bin" / "python", WEBUI / "venv" / "Scripts" / "python.exe"):
+        if candidate.exists():
+            return str(candidate)
+    pytest.fail("SD_WEBUI_PYTHON is not set and the webui has no venv/ folder: set it to the webui's python")
+
+
+def sd_checkpoint() -> Path:
+    if os.environ.get("SD_WEBUI_CKPT"):
+        return Path(os.environ["SD_WEBUI_CKPT"]).expanduser()
+    found = sorted(
+        p for p in (WEBUI / "models" / "Stable-diffusion").glob("*") if p.suffix in (".safetensors", ".ckpt")
+    )
+    if not found:
+        pytest.fail(f"no checkpoint in {WEBUI / 'models' / 'Stable-diffusion'}: set SD_WEBUI_CKPT")
+    return found[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Webui:
+    def __init__(self, url: str, process: subprocess.Popen, log: Path):
+        self.url, self.process, self.log = url, process, log
+
+    def call(self, path: str, payload: dict | None = None, timeout: float = 600) -> dict:
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(
+            self.url + path, data=data, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"{path}: HTTP {exc.code}: {exc.read()[:2000]!r}") from exc
+
+    def status_of(self, path: str, payload: dict) -> tuple[int, dict]:
+        try:
+            return 200, self.call(path, payload)
+        except AssertionError as exc:
+            code = int(str(exc).split("HTTP ", 1)[1].split(":", 1)[0])
+            return code, {}
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+@pytest.fixture(scope="module")
+def webui(tmp_path_factory) -> Webui:
+    sys.path.insert(0, str(ROOT))
+    from supir_engine.tiny import write_demo_checkpoints
+
+    data = tmp_path_factory.mktemp("webui_data")
+    (data / "extensions").mkdir()
+    (data / "extensions" / "sd-webui-supir").symlink_to(ROOT, target_is_directory=True)
+    base, supir = write_demo_checkpoints(tmp_path_factory.mktemp("tiny"))
+    (data / "models" / "SUPIR").mkdir(parents=True)
+    (data / "models" / "Stable-diffusion").mkdir()
+    shutil.copy(supir, data / "models" / "SUPIR" / "SUPIR-v0Q.safetensors")
+    shutil.copy(base, data / "models" / "Stable-diffusion" / SUPIR_BASE)
+    # Defaults a CPU test needs: no live previews that would download a decoder, small SUPIR working size.
+    (data / "config.json").write_text(
+        json.dumps({"show_progress_type": "Approx cheap", "supir_min_size": 64})
+    )
+
+    port = free_port()
+    log = data / "webui.log"
+    cmd = [webui_python(), "launch.py", *WEBUI_FLAGS, "--port", str(port)]
+    cmd += ["--ckpt", str(sd_checkpoint()), "--data-dir", str(data)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            cmd, cwd=WEBUI, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    server = Webui(f"http://127.0.0.1:{port}", process, log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "Model loaded in" not in log.read_text(errors="replace"):
+            if process.poll() is not None:
+                pytest.fail(f"the webui exited during start-up:\n{server.log_tail()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the webui was not ready after {START_TIMEOUT:.0f} s:\n{server.log_tail()}")
+            time.sleep(1)
+        yield server
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def decode(data: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(data.split(",", 1)[-1])))
+
+
+def encode(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def supir_args(webui: Webui, **values) -> list:
+    """The ``alwayson_scripts`` list, in the order ``GET /supir/v1/args`` gives."""
+    order = webui.call("/supir/v1/args")
+    defaults = {item["name"]: item["default"] for item in order}
+    defaults.update({"enabled": True, "steps": 2, "s_churn": 0.0, **values})
+    return [defaults[item["name"]] for item in order]
+
+
+def txt2img(webui: Webui, supir: list | None, **payload) -> dict:
+    body = {
+        "prompt": "a red apple",
+        "steps": 1,
+        "width": 64,
+        "height": 64,
+        "seed": 11,
+        "sampler_name": "Euler",
+    }
+    body.update(payload)
+    if supir is not None:
+        body["alwayson_scripts"] = {"supir": {"args": supir}}
+    return webui.call("/sdapi/v1/txt2img", body)
+
+
+def loaded_checkpoint(webui: Webui) -> str:
+    return webui.call("/sdapi/v1/options")["sd_model_checkpoint"]
+
+
+def test_extension_is_loaded_everywhere(webui):
+    scripts = webui.call("/sdapi/v1/scripts")
+    assert "supir" in scripts["txt2img"] and "supir" in scripts["img2img"]
+    upscalers = [u["name"] for u in webui.call("/sdapi/v1/upscalers")]
+    assert "SUPIR-v0Q" in upscalers and "SUPIR-v0F" not in upscalers  # one entry per file found
+    models = webui.call("/supir/v1/models")
+    assert [m["name"] for m in models["models"]] == ["SUPIR-v0Q"] and models["missing"] == ["SUPIR-v0F"]
+    assert "not an SDXL model" in models["sdxl_problem"]  # SD 1.5 loaded, no base file chosen yet
+    options = webui.call("/sdapi/v1/options")
+    assert options["supir_min_size"] == 64 and "supir_memory_policy" in options  # the Settings section
+
+
+def test_ui_is_built_with_the_webuis_gradio(webui):
+    config = webui.call("/config")
+    ids = [c["props"].get("elem_id") or "" for c in config["components"]]
+    for tab in ("txt2img", "img2img", "extras"):
+        assert any(tab in i and i.endswith("supir_model") for i in ids), [i for i in ids if "supir" in i]
+    skip = {
+        c["props"]["elem_id"]: c["props"].get("visible")
+        for c in config["components"]
+        if (c["props"].get("elem_id") or "").endswith("supir_skip_img2img")
+    }
+    assert sorted(skip.values()) == [False, True]  # shown in img2img only (hidden in txt2img: same args)
+    labels = {c["props"].get("label") for c in config["components"]}
+    assert (
+        "GPU memory policy (auto: fastest that fits the free VRAM; blocks: least VRAM)" in labels
+    )  # Settings
+
+
+def test_sd15_without_base_keeps_the_image(webui):
+    before = loaded_checkpoint(webui)
+    result = txt2img(webui, supir_args(webui))
+    assert decode(result["images"][0]).size == (64, 64)  # not upscaled, not lost
+    assert "SUPIR model" not in json.loads(result["info"])["infotexts"][0]
+    assert loaded_checkpoint(webui) == before
+
+
+def test_txt2img_batch_is_upscaled_with_infotext(webui):
+    titles = [m["title"] for m in webui.call("/sdapi/v1/sd-models")]
+    base = next(t for t in titles if t.startswith(SUPIR_BASE))
+    webui.call("/sdapi/v1/options", {"supir_sdxl_base": base})
+    assert webui.call("/supir/v1/models")["sdxl_problem"] in (None, "")
+    before = loaded_checkpoint(webui)
+    result = txt2img(webui, supir_args(webui, seed=5), batch_size=2)
+    images = [decode(i) for i in result["images"]]
+    assert [i.size for i in images] == [(128, 128), (128, 128)]
+    infotexts = json.loads(result["info"])["infotexts"]
+    assert all("SUPIR model: SUPIR-v0Q" in t and "SUPIR scale: 2.0" in t for t in infotexts)
+    assert "SUPIR seed: 5" in infotexts[0]
+    assert loaded_checkpoint(webui) == before
+    # the SD checkpoint still generates after SUPIR ran (it was put back where it was)
+    assert decode(txt2img(webui, None)["images"][0]).size == (64, 64)
+
+
+def test_skip_img2img_matches_the_supir_route(webui):
+    rng = np.random.default_rng(3)
+    source = Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    args = supir_args(webui, skip_img2img=True, prompt_source="None", seed=9)
+    result = webui.call(
+        "/sdapi/v1/img2img",
+        {
+            "init_images": [encode(source)],
+            "prompt": "ignored",
+            "steps": 2,
+            "width": 48,
+            "height": 40,
+            "seed": 1,
+            "denoising_strength": 0.5,
+            "alwayson_scripts": {"supir": {"args": args}},
+        },
+    )
+    via_img2img = decode(result["images"][0]).convert("RGB")
+    assert via_img2img.size == (96, 80)
+    direct = webui.call(
+        "/supir/v1/upscale",
+        {"image": encode(source), "args": {"steps": 2, "s_churn": 0.0, "seed": 9, "prompt_source": "None"}},
+    )
+    assert direct["output_size"] == [96, 80] and "SUPIR seed: 9" in direct["infotext"]
+    assert np.array_equal(np.asarray(via_img2img), np.asarray(decode(direct["image"]).convert("RGB")))
+
+
+def test_extras_upscaler(webui):
+    source = Image.new("RGB", (40, 32), (200, 120, 40))
+    result = webui.call(
+        "/sdapi/v1/extra-single-image",
+        {"image": encode(source), "upscaler_1": "SUPIR-v0Q", "upscaling_resize": 2},
+    )
+    assert decode(result["image"]).size == (80, 64)
+
+
+def test_bad_request_and_interrupt_keep_things_as_they_were(webui):
+    code, _ = webui.status_of(
+        "/supir/v1/upscale", {"image": encode(Image.new("RGB", (32, 32))), "model": "X"}
+    )
+    assert code in (400, 422)
+    before = loaded_checkpoint(webui)
+    outcome: dict = {}
+
+    def run() -> None:
+        outcome["result"] = txt2img(webui, supir_args(webui, steps=400))
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    seen = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        progress = webui.call("/sdapi/v1/progress?skip_current_image=true")
+        state = progress["state"]
+        seen.append((state.get("job"), state.get("sampling_step"), progress.get("textinfo")))
+        if "SUPIR" in str(state.get("job")) and state.get("sampling_step", 0) >= 2:
+            break
+        time.sleep(0.5)
+    webui.call("/sdapi/v1/interrupt", {})
+    worker.join(300)
+    assert not worker.is_alive()
+    assert any("sampling step" in str(s[2]) for s in seen), seen[-5:]
+    image = decode(outcome["result"]["images"][0])
+    assert image.size == (64, 64)  # the generated image, kept as it was
+    assert loaded_checkpoint(webui) == before
+    assert webui.call("/supir/v1/status")["busy"] is False
+    assert decode(txt2img(webui, supir_args(webui))["images"][0]).size == (128, 128)  # and SUPIR still works
