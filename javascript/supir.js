@@ -33,3 +33,141 @@
         if (!(label in titles)) titles[label] = tip;
     }
 })();
+
+// Before/after comparison on SUPIR results in the txt2img and img2img galleries. The webui's
+// generation_info JSON gives the generation (job_timestamp) and, with index_of_first_image, the position
+// of the selected image in it; the extension's route returns that image as it was before SUPIR. A toggle
+// button appears on the gallery when the selected image was upscaled by SUPIR; with it on, a slider overlay
+// shows the original on the left of the pointer and SUPIR's result on the right.
+(function() {
+    if (typeof onAfterUiUpdate === "undefined") return; // not inside the webui
+    const TABS = ["txt2img", "img2img"];
+    const shown = {}; // tab -> {on, key}
+
+    function app() {
+        return typeof gradioApp === "function" ? gradioApp() : document;
+    }
+
+    function generationInfo(tab) {
+        const box = app().querySelector(`#generation_info_${tab} textarea`);
+        if (!box || !box.value) return null;
+        try {
+            return JSON.parse(box.value);
+        } catch (e) {
+            return null;
+        }
+    }
+
+    function previewImage(tab) {
+        return app().querySelector(`#${tab}_gallery .preview > img`);
+    }
+
+    function selectedIndex(tab) {
+        const buttons = Array.from(app().querySelectorAll(`#${tab}_gallery .thumbnails > .thumbnail-item`));
+        const index = buttons.findIndex(b => b.classList.contains("selected"));
+        if (index >= 0) return index;
+        return buttons.length <= 1 && previewImage(tab) ? 0 : -1;
+    }
+
+    // {key, url} of the selected image's original, or null when it is not a SUPIR result of this page.
+    function selectedOriginal(tab) {
+        const info = generationInfo(tab);
+        const index = selectedIndex(tab);
+        if (!info || !Array.isArray(info.infotexts) || index < 0 || index >= info.infotexts.length) return null;
+        if (!/(^|, )SUPIR scale: /m.test(info.infotexts[index])) return null;
+        const position = index - (info.index_of_first_image || 0);
+        if (position < 0 || !info.job_timestamp) return null;
+        const key = `${info.job_timestamp}/${position}`;
+        return {key: key, url: `./supir/v1/before/${encodeURIComponent(info.job_timestamp)}/${position}`};
+    }
+
+    function ensureToggle(tab, gallery) {
+        let toggle = gallery.querySelector(":scope > .supir-compare-toggle");
+        if (toggle) return toggle;
+        toggle = document.createElement("button");
+        toggle.className = "supir-compare-toggle";
+        toggle.type = "button";
+        toggle.textContent = "Before / after";
+        toggle.title = "Compare with the image before SUPIR: move the pointer over the image";
+        toggle.addEventListener("click", function(event) {
+            event.stopPropagation();
+            const state = shown[tab] || (shown[tab] = {});
+            state.on = !state.on;
+            update(tab);
+        });
+        gallery.appendChild(toggle);
+        return toggle;
+    }
+
+    function ensureOverlay(gallery) {
+        let overlay = gallery.querySelector(":scope > .supir-compare");
+        if (overlay) return overlay;
+        overlay = document.createElement("div");
+        overlay.className = "supir-compare";
+        overlay.innerHTML = '<img class="supir-compare-before" alt="before SUPIR">' +
+            '<div class="supir-compare-divider"></div>' +
+            '<span class="supir-compare-label supir-compare-label-before">before</span>' +
+            '<span class="supir-compare-label supir-compare-label-after">SUPIR</span>';
+        overlay.addEventListener("pointermove", function(event) {
+            const box = overlay.getBoundingClientRect();
+            setSplit(overlay, (event.clientX - box.left) / Math.max(1, box.width));
+        });
+        gallery.appendChild(overlay);
+        setSplit(overlay, 0.5);
+        return overlay;
+    }
+
+    function setSplit(overlay, fraction) {
+        const percent = Math.min(100, Math.max(0, fraction * 100));
+        overlay.style.setProperty("--supir-split", `${percent}%`);
+    }
+
+    // Lay the overlay exactly over the picture inside the preview image's box (object-fit: contain; the
+    // original has the result's aspect ratio, so it fills the same rectangle).
+    function place(overlay, gallery, preview) {
+        const g = gallery.getBoundingClientRect();
+        const p = preview.getBoundingClientRect();
+        const scale = Math.min(p.width / (preview.naturalWidth || p.width), p.height / (preview.naturalHeight || p.height));
+        const width = (preview.naturalWidth || p.width) * scale;
+        const height = (preview.naturalHeight || p.height) * scale;
+        overlay.style.left = `${p.left - g.left + (p.width - width) / 2}px`;
+        overlay.style.top = `${p.top - g.top + (p.height - height) / 2}px`;
+        overlay.style.width = `${width}px`;
+        overlay.style.height = `${height}px`;
+    }
+
+    function update(tab) {
+        const gallery = app().querySelector(`#${tab}_gallery`);
+        if (!gallery) return;
+        const state = shown[tab] || (shown[tab] = {});
+        const original = selectedOriginal(tab);
+        const preview = previewImage(tab);
+        const toggle = ensureToggle(tab, gallery);
+        toggle.style.display = original && preview ? "" : "none";
+        toggle.classList.toggle("supir-compare-on", !!state.on);
+        const overlay = gallery.querySelector(":scope > .supir-compare");
+        if (!original || !preview || !state.on) {
+            if (overlay) overlay.style.display = "none";
+            return;
+        }
+        const o = ensureOverlay(gallery);
+        const before = o.querySelector("img");
+        if (state.key !== original.key) {
+            state.key = original.key;
+            before.onerror = function() {
+                o.style.display = "none";
+                toggle.style.display = "none";
+            };
+            before.src = original.url;
+        }
+        o.style.display = "";
+        place(o, gallery, preview);
+    }
+
+    onAfterUiUpdate(function() {
+        TABS.forEach(update);
+    });
+    window.addEventListener("resize", function() {
+        TABS.forEach(update);
+    });
+})();

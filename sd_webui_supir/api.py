@@ -3,10 +3,14 @@
 - ``POST /supir/v1/upscale``: base64 image + arguments -> base64 PNG + the parameters used;
 - ``GET /supir/v1/models``: model files found and missing, and where to get them;
 - ``GET /supir/v1/status``: what is cached and whether a run is going on;
-- ``GET /supir/v1/args``: the argument order of ``alwayson_scripts["supir"]["args"]`` with defaults.
+- ``GET /supir/v1/args``: the argument order of ``alwayson_scripts["supir"]["args"]`` with defaults;
+- ``GET /supir/v1/before/{job_timestamp}/{index}``: a generated image as it was before SUPIR (PNG), for the
+  gallery's before/after comparison.
 
 They honour ``--api-auth`` as the webui's own routes do, and an upscale takes the webui's queue lock,
-so it waits for (and holds off) every other GPU job.
+so it waits for (and holds off) every other GPU job. The ``before`` route serves the page's own script,
+so it follows the page's login (``--gradio-auth``) instead: a browser would pop up a password dialog
+for an API login.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 from secrets import compare_digest
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from modules import call_queue, shared
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
@@ -30,6 +34,7 @@ from supir_engine.infotext import infotext_line
 
 from . import runner
 from .args import ARG_NAMES, ArgumentError, from_mapping, infotext_params, with_preset
+from .compare import BEFORE
 from .extras import upscale_image
 from .options import PRESETS, default_args, default_prompts
 
@@ -147,7 +152,39 @@ def auth_dependencies() -> list:
     return [Depends(check)]
 
 
+def page_login_dependencies(app: FastAPI) -> list:
+    """The gradio page's login (its session cookie), when ``--gradio-auth`` is set; else none."""
+    if not getattr(app, "auth", None):
+        return []
+
+    def check(request: Request) -> bool:
+        tokens = getattr(app, "tokens", {})
+        token = request.cookies.get("access-token") or request.cookies.get("access-token-unsecure")
+        if token is None or token not in tokens:
+            raise HTTPException(status_code=401, detail="Not logged in")
+        return True
+
+    return [Depends(check)]
+
+
+def before_image(job: str, index: int) -> Response:
+    image = BEFORE.get(job, index)
+    if image is None:
+        raise HTTPException(status_code=404, detail="no image before SUPIR for this generation and index")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    headers = {"Cache-Control": "private, max-age=3600"}
+    return Response(buffer.getvalue(), media_type="image/png", headers=headers)
+
+
 def mount(app: FastAPI) -> None:
+    app.add_api_route(
+        f"{PREFIX}/before/{{job}}/{{index}}",
+        before_image,
+        methods=["GET"],
+        dependencies=page_login_dependencies(app),
+        include_in_schema=False,
+    )
     dependencies = auth_dependencies()
     app.add_api_route(
         f"{PREFIX}/upscale",

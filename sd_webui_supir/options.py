@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "supir_vae_decoder_tile": 0,
     "supir_keep_in_ram": True,
     "supir_save_before": False,
+    "supir_compare": True,
     "supir_upscaler_steps": 0,
 }
 
@@ -56,6 +57,7 @@ LABELS: dict[str, str] = {
     "supir_vae_decoder_tile": "VAE decoder tile in latent pixels (0: automatic)",
     "supir_keep_in_ram": "Keep SUPIR's weights in RAM between runs",
     "supir_save_before": "Save a copy of each image before SUPIR (suffix -before-supir)",
+    "supir_compare": "Before/after comparison in the txt2img/img2img gallery (recent originals kept in RAM)",
     "supir_upscaler_steps": "Steps when SUPIR is used as an Upscaler (0: those of the default preset)",
 }
 
@@ -122,6 +124,7 @@ def option_infos() -> dict[str, Any]:
         "supir_vae_decoder_tile": number("supir_vae_decoder_tile", 0, 256, 8),
         "supir_keep_in_ram": info("supir_keep_in_ram"),
         "supir_save_before": info("supir_save_before"),
+        "supir_compare": info("supir_compare"),
         "supir_upscaler_steps": number("supir_upscaler_steps", 0, 200, 1),
     }
 

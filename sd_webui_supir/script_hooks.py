@@ -18,6 +18,7 @@ from supir_engine.errors import CancelledError, SupirError
 
 from . import runner
 from .args import ALL_INFOTEXT_KEYS, ArgumentError, SupirArgs, from_values, infotext_params, to_settings
+from .compare import BEFORE
 from .options import default_args, default_prompts, opt
 from .prompts import caption_from_prompt, caption_prefix
 from .skip_img2img import SkipImg2Img, input_image
@@ -114,6 +115,8 @@ def postprocess_image(p, pp) -> None:
         return
     finally:
         shared.state.nextjob()
+    if opt("supir_compare"):
+        BEFORE.remember(shared.state.job_timestamp, index, source)
     pp.image = result.image
     job.params[index] = infotext_params(args, result.settings, default_prompts())
 

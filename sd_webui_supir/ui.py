@@ -10,6 +10,7 @@ import html
 from typing import Any
 
 import gradio as gr
+from modules.ui_components import ToolButton
 
 from supir_engine.settings import COLOR_FIXES, PRESET_CONTROLS, SAMPLER_NAMES
 
@@ -24,6 +25,8 @@ from .args import (
 )
 from .options import PRESETS, default_args, opt
 from .runner import model_status
+
+REFRESH_SYMBOL = "\U0001f504"  # the webui's refresh button
 
 # The components a preset sets, in the order preset_values returns them.
 PRESET_FIELDS = PRESET_CONTROLS
@@ -41,8 +44,10 @@ def status_html() -> str:
     for model in status["models"]:
         lines.append(f"<li>{html.escape(model['name'])}: <code>{html.escape(model['file'])}</code></li>")
     if status["missing"]:
+        # One model is enough: a second one missing is a hint, no model at all is the problem to fix.
+        kind, label = ("supir-optional", "Not found") if status["models"] else ("supir-missing", "Missing")
         lines.append(
-            f"<li class='supir-missing'>Missing: {html.escape(', '.join(status['missing']))}. "
+            f"<li class='{kind}'>{label}: {html.escape(', '.join(status['missing']))}. "
             f"{html.escape(status['how_to_get'])}</li>"
         )
     if status["sdxl_problem"]:
@@ -53,7 +58,11 @@ def status_html() -> str:
 def _components(defaults: SupirArgs, elem_id, is_img2img: bool, with_skip: bool) -> dict[str, Any]:
     """Every argument's component inside the current block; ``elem_id(name)`` gives stable element ids."""
     c: dict[str, Any] = {}
-    gr.HTML(status_html(), elem_id=elem_id("status"))
+    with gr.Row(elem_classes=["supir-status-row"]):
+        status = gr.HTML(status_html(), elem_id=elem_id("status"))
+        refresh = ToolButton(value=REFRESH_SYMBOL, elem_id=elem_id("refresh_status"))
+    refresh.click(status_html, inputs=[], outputs=[status])
+    c["refresh_status"] = refresh  # not an argument: taken out again by the callers
     with gr.Row():
         c["model"] = gr.Radio(
             list(MODEL_NAMES), value=defaults.model, label="SUPIR model", elem_id=elem_id("model")
@@ -182,6 +191,7 @@ def script_ui(script, is_img2img: bool) -> list[Any]:
     defaults = default_args()
     with InputAccordion(False, label="SUPIR", elem_id=script.elem_id("enable")) as enabled:
         components = _components(defaults, script.elem_id, is_img2img, with_skip=True)
+    script.refresh_status = components.pop("refresh_status")
     components["enabled"] = enabled
     script.infotext_fields = [(components[name], key) for name, key in INFOTEXT_KEYS] + [
         (components[name], read) for name, read in DERIVED_FIELDS.items()
@@ -197,4 +207,5 @@ def extras_ui() -> dict[str, Any]:
     defaults = default_args()
     with InputAccordion(False, label="SUPIR", elem_id="extras_supir") as enabled:
         components = _components(defaults, lambda name: f"extras_supir_{name}", False, with_skip=False)
+    components.pop("refresh_status")
     return {"enabled": enabled, **components}

@@ -315,3 +315,74 @@ def test_bad_request_and_interrupt_keep_things_as_they_were(webui):
     assert loaded_checkpoint(webui) == before
     assert webui.call("/supir/v1/status")["busy"] is False
     assert decode(txt2img(webui, supir_args(webui))["images"][0]).size == (128, 128)  # and SUPIR still works
+
+
+CHROMIUM = Path(os.environ.get("SD_WEBUI_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"]
+CHROMIUM_FLAGS += ["--disable-component-update", "--no-first-run", "--disable-quic"]
+
+
+def browser_missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright Python package is not installed"
+    if not CHROMIUM.exists():
+        return f"no Chromium at {CHROMIUM} (set SD_WEBUI_CHROMIUM)"
+    return None
+
+
+def test_gallery_before_after_comparison_in_the_browser(webui, tmp_path):
+    """Generate from the txt2img page with the SUPIR accordion open; compare an upscaled image."""
+    missing = browser_missing()
+    if missing:
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(webui.url, wait_until="domcontentloaded")
+            page.wait_for_selector("#txt2img_generate", timeout=120_000)
+            page.fill("#txt2img_prompt textarea", "a red apple")
+            for name, value in (("width", "64"), ("height", "64"), ("steps", "1"), ("batch_size", "2")):
+                page.fill(f"#txt2img_{name} input[type=number]", value)
+                page.press(f"#txt2img_{name} input[type=number]", "Enter")
+            page.locator("#script_txt2img_supir_enable .label-wrap").first.click()  # opening it enables SUPIR
+            page.fill("#script_txt2img_supir_steps input[type=number]", "2")
+            page.press("#script_txt2img_supir_steps input[type=number]", "Enter")
+            page.click("#txt2img_generate")
+            info = "document.querySelector('#generation_info_txt2img textarea')"
+            page.wait_for_function(f"() => {info}?.value.includes('SUPIR seed')", timeout=300_000)
+            toggle = page.locator("#txt2img_gallery .supir-compare-toggle")
+            thumbnails = page.locator("#txt2img_gallery .thumbnails > .thumbnail-item")
+            assert thumbnails.count() == 3  # the grid, then the two images
+            page.wait_for_timeout(500)
+            assert not toggle.is_visible()  # the grid is selected: nothing to compare
+            thumbnails.nth(2).click()
+            toggle.wait_for(state="visible", timeout=10_000)
+            toggle.click()
+            overlay = page.locator("#txt2img_gallery .supir-compare")
+            overlay.wait_for(state="visible", timeout=10_000)
+            before = page.locator("#txt2img_gallery .supir-compare img")
+            page.wait_for_function(
+                "() => document.querySelector('#txt2img_gallery .supir-compare img')?.naturalWidth > 0"
+            )
+            assert before.get_attribute("src").endswith("/1")  # the second image of the generation
+            assert before.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [64, 64]  # as generated
+            preview = page.locator("#txt2img_gallery .preview > img")
+            assert preview.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [128, 128]  # SUPIR's result
+            box = overlay.bounding_box()
+            point = (box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2)
+            page.mouse.move(*point)
+            split = overlay.evaluate("o => o.style.getPropertyValue('--supir-split')")
+            assert abs(float(split.rstrip("%")) - 30) < 2
+            on_top = page.evaluate("([x, y]) => document.elementFromPoint(x, y).className", list(point))
+            assert "supir-compare" in on_top  # the overlay is above the gallery's preview
+            page.screenshot(path=str(tmp_path / "comparison.png"))
+            thumbnails.nth(0).click()
+            page.wait_for_timeout(500)
+            assert not overlay.is_visible() and not toggle.is_visible()
+        finally:
+            browser.close()

@@ -105,3 +105,59 @@ def test_upscale_waits_for_the_queue_lock(webui):
         assert "response" not in result and webui.sdxl.device.type == "cuda"
     worker.join(timeout=60)
     assert result["response"].status_code == 200
+
+
+def test_before_images_for_the_gallery_comparison(webui):
+    from sd_webui_supir.compare import BEFORE
+
+    from .test_generation import txt2img
+
+    BEFORE.clear()
+    shared.state.job_timestamp = "20261122101500"
+    _, processed = txt2img(webui, batch_size=2)
+    api = client()
+    for index, upscaled in enumerate(processed.images):
+        response = api.get(f"/supir/v1/before/20261122101500/{index}")
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        before = Image.open(io.BytesIO(response.content))
+        assert before.size == (32, 32) and upscaled.size == (64, 64)
+    first = Image.open(io.BytesIO(api.get("/supir/v1/before/20261122101500/0").content))
+    second = Image.open(io.BytesIO(api.get("/supir/v1/before/20261122101500/1").content))
+    assert first.tobytes() != second.tobytes()  # each image its own original
+    assert api.get("/supir/v1/before/20261122101500/2").status_code == 404
+    assert api.get("/supir/v1/before/19990101000000/0").status_code == 404
+
+    BEFORE.clear()
+    shared.opts.supir_compare = False
+    try:
+        txt2img(webui, batch_size=1)
+    finally:
+        shared.opts.supir_compare = True
+    assert len(BEFORE) == 0
+
+
+def test_before_route_follows_the_page_login(webui):
+    from sd_webui_supir.compare import BEFORE
+
+    BEFORE.remember("1", 0, Image.new("RGB", (8, 8)))
+    app = fastapi.FastAPI()
+    app.auth = [("alice", "pw")]  # as gradio's App has them with --gradio-auth
+    app.tokens = {"token-of-alice": "alice"}
+    script_callbacks.app_started_callback(None, app)
+    api = TestClient(app)
+    assert api.get("/supir/v1/before/1/0").status_code == 401
+    assert "www-authenticate" not in api.get("/supir/v1/before/1/0").headers  # no browser password dialog
+    api.cookies.set("access-token", "token-of-alice")
+    assert api.get("/supir/v1/before/1/0").status_code == 200
+
+
+def test_before_store_drops_the_oldest_beyond_its_limit():
+    from sd_webui_supir.compare import BeforeImages
+
+    store = BeforeImages(limit_bytes=3 * 10 * 10 * 3)
+    for i in range(5):
+        store.remember("job", i, Image.new("RGB", (10, 10), (i, 0, 0)))
+    assert [store.get("job", i) is not None for i in range(5)] == [False, False, True, True, True]
+    assert store.get("job", 4).getpixel((0, 0)) == (4, 0, 0)
+    store.remember("job", 9, Image.new("RGB", (100, 100)))  # larger than the whole limit: not kept
+    assert store.get("job", 9) is None and len(store) == 3

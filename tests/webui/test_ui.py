@@ -69,6 +69,24 @@ def test_status_html_names_missing_files_and_where_to_get_them(webui, tmp_path):
     finally:
         shared.opts.supir_models_path = ""
     assert "Missing: SUPIR-v0Q, SUPIR-v0F" in html and "Fanghua-Yu/SUPIR" in html and str(tmp_path) in html
+    assert "supir-missing" in html
+
+
+def test_status_refresh_sees_a_file_added_after_start(webui, tmp_path):
+    from sd_webui_supir.ui import REFRESH_SYMBOL, status_html
+
+    script = scripts.scripts_txt2img.scripts[0]
+    assert script.refresh_status.value == REFRESH_SYMBOL  # the button next to the status line
+    shared.opts.supir_models_path = str(tmp_path)
+    try:
+        (tmp_path / "SUPIR-v0F.safetensors").write_bytes(b"")
+        one = status_html()
+        (tmp_path / "SUPIR-v0Q.ckpt").write_bytes(b"")
+        both = status_html()
+    finally:
+        shared.opts.supir_models_path = ""
+    assert "Not found: SUPIR-v0Q" in one and "supir-optional" in one and "supir-missing" not in one
+    assert "SUPIR-v0Q.ckpt" in both and "Not found" not in both
 
 
 def test_every_label_has_a_tooltip(webui):

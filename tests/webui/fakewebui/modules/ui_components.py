@@ -27,3 +27,19 @@ class InputAccordion(gr.Checkbox):
 
     def get_block_name(self):
         return "checkbox"
+
+
+class FormComponent:
+    def get_expected_parent(self):
+        return getattr(gr.components, "Form", None)  # gradio 3.41 has it there; newer ones elsewhere
+
+
+class ToolButton(FormComponent, gr.Button):
+    """A small button with one symbol as its text (class "tool")."""
+
+    def __init__(self, *args, **kwargs):
+        classes = kwargs.pop("elem_classes", [])
+        super().__init__(*args, elem_classes=["tool", *classes], **kwargs)
+
+    def get_block_name(self):
+        return "button"
