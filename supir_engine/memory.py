@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from itertools import product
 
 import torch
 from torch import nn
@@ -151,6 +152,9 @@ class MemoryConfig:
     prefetch, pin_memory: copy the next chunk ahead, on a side stream, from page-locked RAM (CUDA).
     batch_cfg: run cond and uncond as one batch (True) or one after the other (False: half the activation
         memory); None = batched, or chosen by ``auto``.
+    tile_batch: sampler tiles evaluated in one network call; each call streams the non-resident weights
+        once, so with ``blocks`` and tiles this divides the bytes streamed per step. None = 1, or chosen
+        by ``auto``.
     """
 
     policy: str = "stages"
@@ -161,8 +165,11 @@ class MemoryConfig:
     prefetch: bool = True
     pin_memory: bool = True
     batch_cfg: bool | None = None
+    tile_batch: int | None = None
 
     def __post_init__(self) -> None:
+        if self.tile_batch is not None and self.tile_batch < 1:
+            raise ValueError(f"tile_batch must be at least 1, got {self.tile_batch}")
         if self.policy not in POLICIES:
             raise ValueError(f"memory policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.chunk_bytes < 1:
@@ -661,6 +668,7 @@ class MemoryPlan:
     budget_bytes: int | None = None
     estimated_peak_bytes: int | None = None
     requested: str = "stages"
+    tile_batch: int = 1  # sampler tiles per network call
 
     def apply(self, settings: object) -> object:
         """``settings`` with this plan's tiles (UpscaleSettings)."""
@@ -677,6 +685,7 @@ class MemoryPlan:
             "resident_bytes": self.resident_bytes,
             "batch_cfg": self.batch_cfg,
             "tile": self.tile,
+            "tile_batch": self.tile_batch,
             "vae_tiles": self.vae_tiles,
             "budget_bytes": self.budget_bytes,
             "estimated_peak_bytes": self.estimated_peak_bytes,
@@ -719,6 +728,7 @@ class _Option:
     vae_tiles: tuple[int | None, int | None]
     peak: int
     cost: float
+    tile_batch: int = 1
 
 
 def _tiles(latent_hw: tuple[int, int], tile: tuple[int, int] | None) -> tuple[int, int]:
@@ -810,18 +820,30 @@ def _options(work: Workload, budget: int, config: MemoryConfig) -> Iterator[_Opt
     extra = _stream_extra(work, config.chunk_bytes)
     for tile in tiles:
         n_tiles, tile_px = _tiles(work.latent_hw, tile)
-        for batch_cfg in batches:
-            act = _sampling_act(work, tile_px, 2 if batch_cfg else 1)
+        for batch_cfg, tile_batch in product(batches, _tile_batches(n_tiles, config.tile_batch)):
+            act = _sampling_act(work, tile_px, (2 if batch_cfg else 1) * tile_batch)
             flops = _step_flops(work, n_tiles, tile_px) * (1 if batch_cfg else SEQUENTIAL_CFG_SLOWDOWN)
-            passes = n_tiles * (1 if batch_cfg else 2)
+            passes = -(-n_tiles // tile_batch) * (1 if batch_cfg else 2)
             for policy in ("full", "stages", "blocks"):
+                if policy != "blocks" and tile_batch > 1:
+                    continue  # resident weights are not streamed: nothing to save, only memory to spend
                 option = _option(work, budget, policy, tile, batch_cfg, act, extra)
                 if option is None:
                     continue
                 streamed = work.sampling_bytes - option.resident if policy == "blocks" else 0
                 loads = _total_bytes(work) + (0 if policy == "full" else work.vae_bytes["decode"])
                 cost = work.steps * (flops + FLOPS_PER_STREAMED_BYTE * passes * streamed)
-                yield replace(option, cost=cost + FLOPS_PER_STREAMED_BYTE * loads)
+                yield replace(option, cost=cost + FLOPS_PER_STREAMED_BYTE * loads, tile_batch=tile_batch)
+
+
+def _tile_batches(n_tiles: int, fixed: int | None) -> list[int]:
+    """Tiles per network call to try: the configured number, or 1, 2, 4, ... up to all tiles at once."""
+    if fixed is not None:
+        return [min(fixed, n_tiles)]
+    sizes = [1]
+    while sizes[-1] < n_tiles:
+        sizes.append(min(2 * sizes[-1], n_tiles))
+    return sizes
 
 
 def _option(
@@ -849,10 +871,12 @@ def _option(
     return _Option(policy, resident, batch_cfg, tile, vae_tiles, peak, 0.0)
 
 
-def _estimate(work: Workload, policy: str, resident: int, batch_cfg: bool, chunk_bytes: int) -> int:
+def _estimate(
+    work: Workload, policy: str, resident: int, batch_cfg: bool, chunk_bytes: int, tile_batch: int = 1
+) -> int:
     """Estimated peak of a fixed arrangement (the user's tiles as they are)."""
-    _, tile_px = _tiles(work.latent_hw, work.tile)
-    act = _sampling_act(work, tile_px, 2 if batch_cfg else 1)
+    n_tiles, tile_px = _tiles(work.latent_hw, work.tile)
+    act = _sampling_act(work, tile_px, (2 if batch_cfg else 1) * min(tile_batch, n_tiles))
     sampling, text, others = _peaks(work, policy, act, _stream_extra(work, chunk_bytes), resident)
     vae = _vae_peak(work, work.vae_tiles, max(work.vae_bytes.values(), default=0))
     return max(sampling, text, vae + others)
@@ -881,11 +905,13 @@ def plan(workload: Workload, budget: int, config: MemoryConfig) -> MemoryPlan:
         )
     best = min(fitting, key=lambda o: (o.cost, o.peak))
     log.info(
-        "memory plan for a budget of %s: %s, resident %s, tile %s, VAE tiles %s, %s CFG, estimated peak %s",
+        "memory plan for a budget of %s: %s, resident %s, tile %s (%d per call), VAE tiles %s, %s CFG, "
+        "estimated peak %s",
         _gib(budget),
         best.policy,
         _gib(best.resident),
         best.tile,
+        best.tile_batch,
         best.vae_tiles,
         "batched" if best.batch_cfg else "sequential",
         _gib(best.peak),
@@ -899,6 +925,7 @@ def plan(workload: Workload, budget: int, config: MemoryConfig) -> MemoryPlan:
         budget_bytes=budget,
         estimated_peak_bytes=best.peak,
         requested=config.policy,
+        tile_batch=best.tile_batch,
     )
 
 
@@ -917,7 +944,9 @@ def _fixed_plan(workload: Workload, config: MemoryConfig, policy: str, budget: i
     if resident is None and policy == "blocks" and config.budget_bytes is not None:
         resident = _room_for_resident(workload, config)
     batch_cfg = config.batch_cfg is not False
-    estimate = _estimate(workload, policy, resident or 0, batch_cfg, config.chunk_bytes)
+    n_tiles, _ = _tiles(workload.latent_hw, workload.tile)
+    tile_batch = min(config.tile_batch or 1, n_tiles)
+    estimate = _estimate(workload, policy, resident or 0, batch_cfg, config.chunk_bytes, tile_batch)
     if budget is not None and estimate > budget:
         log.warning(
             "the %s policy needs about %s of device memory but %s is available: expect an out-of-memory "
@@ -935,12 +964,14 @@ def _fixed_plan(workload: Workload, config: MemoryConfig, policy: str, budget: i
         budget_bytes=budget,
         estimated_peak_bytes=estimate,
         requested=config.policy,
+        tile_batch=tile_batch,
     )
 
 
 def _room_for_resident(workload: Workload, config: MemoryConfig) -> int:
     """Bytes of UNet + control that fit resident beside one step's activations (partial residency)."""
-    _, tile_px = _tiles(workload.latent_hw, workload.tile)
-    act = _sampling_act(workload, tile_px, 1 if config.batch_cfg is False else 2)
+    n_tiles, tile_px = _tiles(workload.latent_hw, workload.tile)
+    per_call = (1 if config.batch_cfg is False else 2) * min(config.tile_batch or 1, n_tiles)
+    act = _sampling_act(workload, tile_px, per_call)
     room = config.budget_bytes - act - _stream_extra(workload, config.chunk_bytes)
     return max(0, min(workload.sampling_bytes, room))

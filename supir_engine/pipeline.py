@@ -103,7 +103,9 @@ def sample_anchor(stage1: Stage1, noise: NoiseSource, scale_factor: float) -> to
     return scale_factor * (stage1.anchor_mean + torch.exp(0.5 * stage1.anchor_logvar) * eps)
 
 
-def sampler_settings(settings: UpscaleSettings, batch_cfg: bool = True) -> SamplerSettings:
+def sampler_settings(
+    settings: UpscaleSettings, batch_cfg: bool = True, tile_batch: int = 1
+) -> SamplerSettings:
     return SamplerSettings(
         cfg_scale=settings.cfg_scale,
         cfg_scale_start=settings.cfg_scale_start,
@@ -116,6 +118,7 @@ def sampler_settings(settings: UpscaleSettings, batch_cfg: bool = True) -> Sampl
         tile_size=settings.tile_size,
         tile_stride=settings.tile_stride,
         batch_cfg=batch_cfg,
+        tile_batch=tile_batch if settings.tile_size is not None else 1,
     )
 
 
@@ -359,7 +362,7 @@ class SUPIRPipeline:
                 settings.sampler,
                 initial,
                 guided,
-                sampler_settings(settings, plan.batch_cfg),
+                sampler_settings(settings, plan.batch_cfg, plan.tile_batch),
                 settings.steps,
                 noise,
                 on_step,

@@ -376,3 +376,48 @@ def test_step_loops_read_no_tensor_values_on_the_host():
 
         with pytest.raises(Exception, match="local_scalar_dense"):  # the check really bites
             sample_restore_edm(reads_host, x, sampler_sigmas(2), cond, variants[0])
+
+
+@pytest.mark.parametrize("batch_cfg", [True, False])
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_tiles_batched_together_agree_with_one_at_a_time(name, batch_cfg, denoiser):
+    """tile_batch only groups tiles into one network call; per-tile prompts and the anchor follow them."""
+    base = _conditioning(12, 14, seed=4)
+    g = torch.Generator().manual_seed(9)
+    per_tile = [
+        Conditioning(
+            torch.randn(1, 77, 32, generator=g), torch.randn(1, 1568, generator=g), base.uncond.control
+        )
+        for _ in tile_grid(12, 14, 8, 4)
+    ]
+    cond = GuidedConditioning(per_tile, base.uncond, base.anchor)
+    x = torch.randn(1, 4, 12, 14, generator=g)
+    outs, seen = [], []
+    with torch.inference_mode():
+        for tile_batch in (1, 4):  # 6 tiles: groups of 4 and 2
+            settings = SamplerSettings(
+                cfg_scale=5.0, restoration_scale=2.0, s_churn=2.0, batch_cfg=batch_cfg, dpm_restoration=True,
+                tile_size=8, tile_stride=4, tile_batch=tile_batch,
+            )  # fmt: skip
+            tiles: list[int] = []
+            noise = generator_noise(torch.Generator().manual_seed(2))
+            out = SAMPLERS[name](
+                denoiser, x, SCHEDULES[name](3), cond, settings, noise=noise,
+                tile_callback=lambda info, tiles=tiles: tiles.append(info.tile),
+            )  # fmt: skip
+            outs.append(out)
+            seen.append(tiles)
+    assert len(per_tile) == 6 and seen[0] == seen[1] == list(range(6)) * 3
+    _assert_same_up_to_rounding(outs[1], outs[0])
+
+
+def test_tile_batch_sets_the_network_batch():
+    stub = Stub()
+    settings = SamplerSettings(tile_size=8, tile_stride=5, tile_batch=4)
+    sample_restore_edm(
+        stub, torch.randn(1, 4, 16, 20), sampler_sigmas(2), _conditioning(16, 20, vector=8), settings
+    )
+    n_tiles = len(tile_grid(16, 20, 8, 5))
+    assert n_tiles == 12 and stub.batches == [8, 8, 8] * 2  # 4 tiles x [uncond; cond], three calls a step
+    with pytest.raises(ValueError, match="tile_batch"):
+        SamplerSettings(tile_batch=0)
