@@ -46,7 +46,7 @@ STORAGE_DTYPES: dict[str, torch.dtype] = {
 FP8_VECTOR_DTYPE = torch.float16
 DEFAULT_CHUNK_BYTES = 96 * MiB
 # Between free device memory and what a plan may use: CUDA context extras, cuBLAS/cuDNN workspaces and
-# allocator fragmentation (see ../shared/reference/VRAM_MEASUREMENT.md, section 5).
+# allocator fragmentation (typically 5-15 % above the bytes of live tensors).
 DEFAULT_MARGIN_BYTES = 256 * MiB
 ALLOCATOR_OVERHEAD = 1.15
 
