@@ -26,6 +26,8 @@ from .skip_img2img import SkipImg2Img, input_image
 log = logging.getLogger(__name__)
 
 JOB_ATTRIBUTE = "supir_job"  # on the processing object: one job per generation, gone with it
+# Why SUPIR left an image as it was: in its infotext, hence also in the API's "info" (which has no comments).
+ERROR_KEY = "SUPIR error"
 
 
 @dataclass
@@ -35,14 +37,21 @@ class Job:
     problem: str | None = None  # set when SUPIR cannot run at all (missing file, no SDXL base)
     counted: bool = False
     params: dict[int, dict[str, Any]] = field(default_factory=dict)  # image index -> infotext values
+    errors: dict[int, str] = field(default_factory=dict)  # image index -> why it was kept as it was
 
     def infotext_value(self, key: str):
         """An ``extra_generation_params`` value: the webui calls it with ``index`` for each image."""
 
         def value(index: int = 0, **_: Any) -> Any:
+            if key == ERROR_KEY:
+                return self.errors.get(index)
             return self.params.get(index, {}).get(key)
 
         return value
+
+    def failed(self, p, index: int, message: str) -> None:
+        self.errors[index] = message
+        p.comment(message)
 
 
 def job_of(p) -> Job | None:
@@ -61,12 +70,13 @@ def process(p, values: Sequence[Any], is_img2img: bool) -> None:
     job = Job(args, problem=runner.preflight(args.variant))
     if job.problem:
         p.comment(f"SUPIR: {job.problem}")
+        p.extra_generation_params[ERROR_KEY] = job.problem
     if is_img2img and args.skip_img2img:
         job.skip = SkipImg2Img(p)
         job.skip.apply(p)
     if not job.problem:
         # Callables, so each image gets its own values (seeds drawn per image) and a failed image none.
-        for key in ALL_INFOTEXT_KEYS:
+        for key in (*ALL_INFOTEXT_KEYS, ERROR_KEY):
             p.extra_generation_params[key] = job.infotext_value(key)
     setattr(p, JOB_ATTRIBUTE, job)
 
@@ -88,11 +98,11 @@ def postprocess_image(p, pp) -> None:
     job = job_of(p)
     if job is None or job.problem:
         return
-    if shared.state.interrupted or shared.state.skipped:
-        p.comment(runner.user_message(CancelledError("stopped before SUPIR")))
-        return
     args, position = job.args, p.batch_index
     index = p.iteration * p.batch_size + position
+    if shared.state.interrupted or shared.state.skipped:
+        job.failed(p, index, runner.user_message(CancelledError("stopped before SUPIR")))
+        return
     source = input_image(p, position) if job.skip is not None else pp.image
     caption = ""
     if args.prompt_source == "Generation prompt":
@@ -111,7 +121,7 @@ def postprocess_image(p, pp) -> None:
         if not isinstance(exc, SupirError):
             log.exception("SUPIR failed")
         log.warning(message)
-        p.comment(message)
+        job.failed(p, index, message)
         return
     finally:
         shared.state.nextjob()

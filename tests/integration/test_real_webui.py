@@ -227,7 +227,8 @@ def test_sd15_without_base_keeps_the_image(webui):
     before = loaded_checkpoint(webui)
     result = txt2img(webui, supir_args(webui))
     assert decode(result["images"][0]).size == (64, 64)  # not upscaled, not lost
-    assert "SUPIR model" not in json.loads(result["info"])["infotexts"][0]
+    infotext = json.loads(result["info"])["infotexts"][0]
+    assert "SUPIR model" not in infotext and 'SUPIR error: "the loaded checkpoint' in infotext  # says why
     assert loaded_checkpoint(webui) == before
 
 
@@ -312,6 +313,7 @@ def test_bad_request_and_interrupt_keep_things_as_they_were(webui):
     assert any("sampling step" in str(s[2]) for s in seen), seen[-5:]
     image = decode(outcome["result"]["images"][0])
     assert image.size == (64, 64)  # the generated image, kept as it was
+    assert "SUPIR error: " in json.loads(outcome["result"]["info"])["infotexts"][0]
     assert loaded_checkpoint(webui) == before
     assert webui.call("/supir/v1/status")["busy"] is False
     assert decode(txt2img(webui, supir_args(webui))["images"][0]).size == (128, 128)  # and SUPIR still works

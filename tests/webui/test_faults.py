@@ -9,7 +9,7 @@ from modules import processing, scripts, sd_models, shared
 from sd_webui_supir.options import LOADED_CHECKPOINT
 from supir_engine import sampling
 
-from .test_generation import assert_restored, txt2img
+from .test_generation import assert_restored, params_of, txt2img
 
 
 def generated_images(webui, n=1):
@@ -45,6 +45,8 @@ def test_missing_supir_file(webui, tmp_path):
     assert "no SUPIR-v0Q model found" in processed.comments
     assert "github.com/Fanghua-Yu/SUPIR" in processed.comments and str(tmp_path) in processed.comments
     assert "SUPIR model" not in processed.infotexts[0]
+    # the API's "info" has no comments, but it has the infotexts
+    assert params_of(processed.infotexts[0])["SUPIR error"].startswith("no SUPIR-v0Q model found")
     assert sd_models.calls == [] and webui.sdxl.device.type == "cuda"  # nothing was even tried
     assert_kept(webui, processed)
 
@@ -55,6 +57,7 @@ def test_sd15_loaded_without_a_base_file(webui):
     assert shared.opts.supir_sdxl_base == LOADED_CHECKPOINT
     _, processed = txt2img(webui, batch_size=1)
     assert "not an SDXL model" in processed.comments and "Settings > SUPIR" in processed.comments
+    assert "not an SDXL model" in params_of(processed.infotexts[0])["SUPIR error"]
     assert webui.sd15.device.type == "cuda" and sd_models.calls == []
     assert_kept(webui, processed)
 
@@ -72,6 +75,7 @@ def test_exception_inside_sampling(webui, monkeypatch):
     monkeypatch.setitem(sampling.SAMPLERS, "restore_edm", failing)
     _, processed = txt2img(webui, batch_size=1)
     assert "SUPIR failed (RuntimeError: boom in step 1)" in processed.comments
+    assert params_of(processed.infotexts[0])["SUPIR error"].startswith("SUPIR failed (RuntimeError: boom")
     assert_restored(webui, runs=1)
     assert_kept(webui, processed)
 
@@ -89,5 +93,7 @@ def test_interrupt_or_skip_at_sampler_step_k(webui, press):
     supir_steps = [v for name, v in shared.state.history if name == "textinfo" and v and "sampling step" in v]
     assert supir_steps[-1] == "SUPIR 1/2: sampling step 2/6"  # stopped within one step
     assert "SUPIR was interrupted; the image was kept as it was." in processed.comments
+    errors = [params_of(text)["SUPIR error"] for text in processed.infotexts]
+    assert all(e.startswith("SUPIR was interrupted") for e in errors) and len(errors) == 2
     assert_restored(webui, runs=1)  # the second image of the batch is not even tried
     assert_kept(webui, processed, n=2)
