@@ -285,6 +285,23 @@ def test_extras_upscaler(webui):
     assert decode(result["image"]).size == (80, 64)
 
 
+def test_hires_fix_with_supir_as_its_upscaler(webui):
+    before = loaded_checkpoint(webui)
+    result = txt2img(
+        webui,
+        None,
+        enable_hr=True,
+        hr_upscaler="SUPIR-v0Q",
+        hr_scale=2,
+        hr_second_pass_steps=1,
+        denoising_strength=0.3,
+    )
+    assert decode(result["images"][0]).size == (128, 128)
+    assert "Hires upscaler: SUPIR-v0Q" in json.loads(result["info"])["infotexts"][0]
+    assert webui.call("/supir/v1/status")["cache"]["model_loaded"]  # SUPIR did the upscale
+    assert loaded_checkpoint(webui) == before  # and the webui's second pass had its model back
+
+
 def test_bad_request_and_interrupt_keep_things_as_they_were(webui):
     code, _ = webui.status_of(
         "/supir/v1/upscale", {"image": encode(Image.new("RGB", (32, 32))), "model": "X"}
