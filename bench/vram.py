@@ -10,8 +10,8 @@ as uninitialised tensors), so no model file is needed. One sampler step is run (
 peaks the same, and the FLOPs of a step scale with the step count.
 
 Without a CUDA device the pipeline runs under torch's fake tensors with a fake ``cuda`` device, counting
-live device bytes as ``torch.cuda.max_memory_allocated`` would (``fakevram.py`` from ../shared/tools, or
-the file given by ``--fakevram``; see ../shared/reference/VRAM_MEASUREMENT.md). These figures are
+live device bytes as ``torch.cuda.max_memory_allocated`` would (``bench/fakecuda.py``; ``--fakevram PATH``
+runs another tracker module with the same ``FakeCuda`` interface instead). These figures are
 ``memory_allocated`` peaks: the CUDA context, allocator fragmentation and library workspaces come on
 top, and prefetch overlap is not modelled (the prefetched chunk is counted as live, as it would be).
 On a CUDA device (or with ``--real``; ``--fake`` forces the tracker) the same run is measured with
@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_FAKEVRAM = ROOT.parent / "shared" / "tools" / "fakevram.py"
+DEFAULT_TRACKER = Path(__file__).resolve().with_name("fakecuda.py")
 GiB = 1 << 30
 
 # The issue's targets at 2048 px output (peak allocated bytes), and the reference figures of the original
@@ -53,6 +53,7 @@ REFERENCE_GIB = {
     "original: plain VAE decode at 2048 px": 14.09,
 }
 ORIGINAL_TILED_FLOP_RATIO = 1.7
+TINY_CHUNK_BYTES = 256 << 10  # blocks' streamed chunk for the tiny model (about 1 % of its UNet and control)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Case:
     tile: tuple[int, int] | None = (128, 64)  # sampler tile, stride (latent px); None = untiled
     vae_tiles: tuple[int | None, int | None] = (512, 64)  # encoder (image px), decoder (latent px)
     batch_cfg: bool | None = None
+    tile_batch: int | None = None  # sampler tiles per network call (None: 1, or auto's choice)
 
 
 def _cases() -> list[Case]:
@@ -74,6 +76,7 @@ def _cases() -> list[Case]:
         ("blocks", ("fp16", "bf16", "fp8")),
     ):
         cases += [Case(f"{policy}:{storage}", policy, storage) for storage in storages]
+    cases.append(Case("blocks-tiles4:fp16", "blocks", "fp16", tile_batch=4))  # 9 tiles in 3 calls
     for storage, budgets in (("fp16", (4, 6, 8, 12, 24)), ("fp8", (4, 6, 8, 12))):
         for budget in budgets:
             cases.append(
@@ -106,12 +109,14 @@ class Row:
 # ------------------------------------------------------------------------------------------ one measurement
 
 
-def _load_fakevram(path: Path):
-    spec = importlib.util.spec_from_file_location("fakevram", path)
+def _load_tracker(path: Path | None):
+    """The module providing ``FakeCuda``: bench/fakecuda.py, or the file given with ``--fakevram``."""
+    path = path or DEFAULT_TRACKER
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     if spec is None or not path.exists():
-        raise SystemExit(f"fakevram.py not found at {path}: pass --fakevram PATH (or run on a CUDA device)")
+        raise SystemExit(f"fake-CUDA tracker not found at {path}")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["fakevram"] = module
+    sys.modules[path.stem] = module
     spec.loader.exec_module(module)
     return module
 
@@ -185,11 +190,15 @@ def _pipeline(case: Case, config: str, device: str, observer):
 
     model = build_supir(TINY_CONFIG if config == "tiny" else SUPIR_V0, "meta")
     apply_storage(model, storage_dtype(case.storage), torch.bfloat16)
-    memory = MemoryConfig(policy=case.policy, pin_memory=False, batch_cfg=case.batch_cfg)
+    memory = MemoryConfig(
+        policy=case.policy, pin_memory=False, batch_cfg=case.batch_cfg, tile_batch=case.tile_batch
+    )
+    if config == "tiny":  # scaled down with the model, as the tiles are: 96 MiB would hold all its layers
+        memory = memory.replace(chunk_bytes=TINY_CHUNK_BYTES)
     return SUPIRPipeline(model.eval(), device, memory=memory, observer=observer)
 
 
-def measure(case: Case, config: str, fakevram: Path, real: bool) -> Row:
+def measure(case: Case, config: str, fakevram: Path | None, real: bool) -> Row:
     import numpy as np
     import torch
     from PIL import Image
@@ -221,7 +230,7 @@ def measure(case: Case, config: str, fakevram: Path, real: bool) -> Row:
             "cuda",
         )
     else:
-        fv = _load_fakevram(fakevram)
+        fv = _load_tracker(fakevram)
         with fv.FakeCuda(total_memory=int(case.fake_total_gib * GiB)) as fc:
             open_phases: dict[str, contextlib.AbstractContextManager] = {}
 
@@ -262,7 +271,7 @@ def measure(case: Case, config: str, fakevram: Path, real: bool) -> Row:
 # ------------------------------------------------------------------------------------------ calibration
 
 
-def calibrate(part: str, fakevram: Path) -> dict:
+def calibrate(part: str, fakevram: Path | None) -> dict:
     """Activation bytes (peak above weights and inputs) and FLOPs of pieces, for memory.py's planner."""
     import torch
 
@@ -272,7 +281,7 @@ def calibrate(part: str, fakevram: Path) -> dict:
     from supir_engine.sampling import Conditioning, Denoiser
     from supir_engine.tiled_vae import TiledFirstStage
 
-    fv = _load_fakevram(fakevram)
+    fv = _load_tracker(fakevram)
     model = build_supir(SUPIR_V0, "meta")
     out: dict[str, dict[str, int]] = {}
     with fv.FakeCuda(total_memory=80 * GiB) as fc, torch.inference_mode():
@@ -319,18 +328,19 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    tracker = Path(args.fakevram) if args.fakevram else None
     if args.worker.startswith("calibrate:"):
-        print("ROW " + json.dumps(calibrate(args.worker.split(":")[1], Path(args.fakevram))), flush=True)
+        print("ROW " + json.dumps(calibrate(args.worker.split(":")[1], tracker)), flush=True)
         os._exit(0)
-    row = measure(CASES[args.worker], args.config, Path(args.fakevram), args.real)
+    row = measure(CASES[args.worker], args.config, tracker, args.real)
     print("ROW " + json.dumps(asdict(row)), flush=True)
     sys.stdout.flush()
-    os._exit(0)  # skip interpreter teardown: fake-tensor sessions can crash it (see the tracker's notes)
+    os._exit(0)  # skip interpreter teardown, which long fake-tensor sessions have been seen to crash
 
 
-def run_case(name: str, config: str, fakevram: Path, real: bool, retries: int = 2) -> Row:
+def run_case(name: str, config: str, fakevram: Path | None, real: bool, retries: int = 2) -> Row:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--config", config]
-    cmd += ["--fakevram", str(fakevram)] + (["--real"] if real else [])
+    cmd += (["--fakevram", str(fakevram)] if fakevram else []) + (["--real"] if real else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     last = ""
     for _ in range(retries + 1):
@@ -404,7 +414,11 @@ def main() -> None:
     parser.add_argument("--case", action="append", help="case name (repeatable); default: all")
     parser.add_argument("--config", choices=("full", "tiny"), default="full")
     parser.add_argument("--json", action="store_true", help="print the rows as a JSON list")
-    parser.add_argument("--fakevram", default=str(DEFAULT_FAKEVRAM), help="path of fakevram.py")
+    parser.add_argument(
+        "--fakevram",
+        metavar="PATH",
+        help="fake-CUDA tracker module with the same FakeCuda interface (default: bench/fakecuda.py)",
+    )
     parser.add_argument(
         "--real", action="store_true", help="measure on the CUDA device (default when there is one)"
     )
@@ -430,7 +444,7 @@ def main() -> None:
     if args.calibrate:
         for part in ("sampling", "vae"):
             cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", f"calibrate:{part}"]
-            cmd += ["--fakevram", args.fakevram]
+            cmd += ["--fakevram", args.fakevram] if args.fakevram else []
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("ROW ")), None)
@@ -444,13 +458,14 @@ def main() -> None:
         order = {name: i for i, name in enumerate(CASES)}
         rows = sorted({r.case: r for r in rows}.values(), key=lambda r: order.get(r.case, len(order)))
     else:
+        fakevram = Path(args.fakevram) if args.fakevram else None
         names = args.case or list(CASES)
         unknown = [n for n in names if n not in CASES]
         if unknown:
             raise SystemExit(f"unknown case(s) {unknown}; see --list")
         rows = []
         for name in names:
-            rows.append(run_case(name, args.config, Path(args.fakevram), args.real))
+            rows.append(run_case(name, args.config, fakevram, args.real))
             print(
                 f"# {name}: {_gib(rows[-1].peak_bytes)} GiB, {rows[-1].seconds} s",
                 file=sys.stderr,
