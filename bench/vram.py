@@ -363,6 +363,8 @@ def _verdict(row: Row) -> str:
     target = TARGETS_GIB.get((row.requested, row.storage))
     if row.case.startswith("untiled"):
         return "reference: untiled FLOPs, plain VAE"
+    if row.case == "blocks-tiles4:fp16":
+        return "4 tiles per call: 3 weight passes a step instead of 9"
     if row.requested == "auto":
         budget = float(row.case.split(":")[0][4:])
         target = budget
@@ -454,7 +456,11 @@ def main() -> None:
                 print(f"{name:<28} act {v['act'] / 2**20:9.1f} MiB  {v['flops'] / 1e12:8.2f} TFLOP")
         return
     if args.from_file:
-        rows = [Row(**json.loads(line)) for line in Path(args.from_file).read_text().splitlines() if line]
+        text = Path(args.from_file).read_text()
+        # a JSON list (as --json prints it) or one row per line (as --out appends them)
+        lines = [json.loads(x) for x in text.splitlines() if x] if not text.lstrip().startswith("[") else None
+        saved = json.loads(text) if lines is None else lines
+        rows = [Row(**row) for row in saved]
         order = {name: i for i, name in enumerate(CASES)}
         rows = sorted({r.case: r for r in rows}.values(), key=lambda r: order.get(r.case, len(order)))
     else:

@@ -491,3 +491,11 @@ def test_fixed_tile_batch_reaches_the_sampler(model):
     assert result.memory.tile_batch == 3 and result.memory.as_dict()["tile_batch"] == 3
     # 64 px -> an 8x8 latent in 4x4 tiles, stride 2: 9 tiles, 3 calls of 3 tiles x [uncond; cond]
     assert calls == [6, 6, 6]
+
+
+def test_saved_vram_figures_replay_and_meet_the_targets():
+    cmd = [sys.executable, "bench/vram.py", "--from", "bench/vram_results.json"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    verdicts = [line.rsplit("  ", 1)[-1] for line in proc.stdout.splitlines() if ": met" in line]
+    assert len(verdicts) == 13 and "NOT met" not in proc.stdout  # 4 fixed targets + 9 auto budgets

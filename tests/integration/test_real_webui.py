@@ -405,3 +405,38 @@ def test_gallery_before_after_comparison_in_the_browser(webui, tmp_path):
             assert not overlay.is_visible() and not toggle.is_visible()
         finally:
             browser.close()
+
+
+def test_extras_tab_in_the_browser(webui, tmp_path):
+    """Extras, single image: upload, open the SUPIR accordion, Generate: the result is 2x, with parameters."""
+    missing = browser_missing()
+    if missing:
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    source = tmp_path / "small.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(source)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(webui.url, wait_until="domcontentloaded")
+            page.wait_for_selector("#txt2img_generate", timeout=120_000)
+            page.click("#tabs button:has-text('Extras')")
+            page.set_input_files("#extras_image input[type=file]", str(source))
+            page.locator("#extras_image img").first.wait_for(state="visible", timeout=30_000)
+            page.locator("#extras_supir .label-wrap").first.click()
+            page.fill("#extras_supir_steps input[type=number]", "2")
+            page.press("#extras_supir_steps input[type=number]", "Enter")
+            page.click("#extras_generate")
+            info = "document.querySelector('#html_info_x_extras')"
+            page.wait_for_function(f"() => {info}?.innerText.includes('SUPIR seed')", timeout=300_000)
+            text = page.evaluate(f"() => {info}.innerText")
+            sizes = page.evaluate(
+                "() => Array.from(document.querySelectorAll('#extras_gallery img'))"
+                ".map(i => [i.naturalWidth, i.naturalHeight])"
+            )
+        finally:
+            browser.close()
+    assert "SUPIR model: SUPIR-v0Q" in text and "SUPIR steps: 2" in text
+    assert sizes and all(size == [48, 32] for size in sizes)  # 24x16 (no webui upscaler chosen) x 2
