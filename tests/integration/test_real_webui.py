@@ -17,7 +17,6 @@ import base64
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -111,28 +110,27 @@ class Webui:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
-@pytest.fixture(scope="module")
-def webui(tmp_path_factory) -> Webui:
-    sys.path.insert(0, str(ROOT))
-    from supir_engine.tiny import write_demo_checkpoints
-
+def start_webui(
+    tmp_path_factory,
+    checkpoint: Path,
+    supir_files: dict[str, Path],
+    config: dict,
+    checkpoints: dict[str, Path] | None = None,
+):
+    """Start the webui with this extension and these files in a temporary data folder; yield it, stop it."""
     data = tmp_path_factory.mktemp("webui_data")
     (data / "extensions").mkdir()
     (data / "extensions" / "sd-webui-supir").symlink_to(ROOT, target_is_directory=True)
-    base, supir = write_demo_checkpoints(tmp_path_factory.mktemp("tiny"))
-    (data / "models" / "SUPIR").mkdir(parents=True)
-    (data / "models" / "Stable-diffusion").mkdir()
-    shutil.copy(supir, data / "models" / "SUPIR" / "SUPIR-v0Q.safetensors")
-    shutil.copy(base, data / "models" / "Stable-diffusion" / SUPIR_BASE)
-    # Defaults a CPU test needs: no live previews that would download a decoder, small SUPIR working size.
-    (data / "config.json").write_text(
-        json.dumps({"show_progress_type": "Approx cheap", "supir_min_size": 64})
-    )
+    for folder, files in (("SUPIR", supir_files), ("Stable-diffusion", checkpoints or {})):
+        (data / "models" / folder).mkdir(parents=True)
+        for name, path in files.items():
+            (data / "models" / folder / name).symlink_to(Path(path).resolve())
+    (data / "config.json").write_text(json.dumps(config))
 
     port = free_port()
     log = data / "webui.log"
     cmd = [webui_python(), "launch.py", *WEBUI_FLAGS, "--port", str(port)]
-    cmd += ["--ckpt", str(sd_checkpoint()), "--data-dir", str(data)]
+    cmd += ["--ckpt", str(checkpoint), "--data-dir", str(data)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -155,6 +153,19 @@ def webui(tmp_path_factory) -> Webui:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def webui(tmp_path_factory) -> Webui:
+    sys.path.insert(0, str(ROOT))
+    from supir_engine.tiny import write_demo_checkpoints
+
+    base, supir = write_demo_checkpoints(tmp_path_factory.mktemp("tiny"))
+    # Defaults a CPU test needs: no live previews that would download a decoder, small SUPIR working size.
+    config = {"show_progress_type": "Approx cheap", "supir_min_size": 64}
+    yield from start_webui(
+        tmp_path_factory, sd_checkpoint(), {"SUPIR-v0Q.safetensors": supir}, config, {SUPIR_BASE: base}
+    )
 
 
 def decode(data: str) -> Image.Image:
