@@ -28,6 +28,7 @@ from .checkpoints import LoadOptions
 from .cli import DTYPES, pick_device
 from .errors import CancelledError, CheckpointNotFoundError, SupirError
 from .infotext import infotext_line, to_infotext
+from .memory import GiB, MemoryConfig
 from .model_cache import ModelCache
 from .preprocess import MAX_PIXELS, MAX_SIDE, ImageError, check_size, target_size
 from .settings import (
@@ -127,6 +128,7 @@ class ServeOptions:
     memory: str | None = None  # the pipeline's memory policy; None = its default
     min_size: int = 1024
     output_dir: Path | None = None
+    vram_budget_gib: float | None = None  # device memory the memory policy plans with; None = free memory
 
     def __post_init__(self) -> None:
         if not self.supir:
@@ -262,7 +264,11 @@ class Engine:
         except Exception as exc:
             self._state = f"failed to load {name}: {exc}"
             raise
-        pipeline = SUPIRPipeline(model, self.device, memory=request.memory)
+        budget = self.options.vram_budget_gib
+        memory = MemoryConfig(
+            policy=request.memory or "stages", budget_bytes=None if budget is None else int(budget * GiB)
+        )
+        pipeline = SUPIRPipeline(model, self.device, memory=memory)
         self._loaded = Loaded(request, pipeline, time.perf_counter() - start)
         self._state = f"{name} ready ({request.dtype}, loaded in {self._loaded.seconds:.1f} s)"
         return pipeline
@@ -821,7 +827,15 @@ def run_serve(args: Any) -> int:
             sdxl, supir = resolve_models(args.sdxl, args.supir, args.supir_f, args.models_dir)
         min_size = args.min_size if args.min_size is not None else (256 if args.demo else 1024)
         options = ServeOptions(
-            sdxl, supir, args.model, args.dtype, args.device, args.memory, min_size, args.output_dir
+            sdxl,
+            supir,
+            args.model,
+            args.dtype,
+            args.device,
+            args.memory,
+            min_size,
+            args.output_dir,
+            args.vram_budget,
         )
         serve(options, args.host, args.port, auth)
     return 0

@@ -130,6 +130,9 @@ def add_serve_parser(commands) -> None:
     serve.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weight storage dtype")
     serve.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu (default: best available)")
     serve.add_argument("--memory", choices=POLICIES, help="device memory policy (default: stages)")
+    serve.add_argument(
+        "--vram-budget", type=float, metavar="GIB", help="device memory SUPIR may use, in GiB (default: free)"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=6688, help="port (default 6688)")
     serve.add_argument(
@@ -166,6 +169,8 @@ def check_serve_flags(args: argparse.Namespace) -> None:
         user, sep, password = args.auth.partition(":")
         if not (user and sep and password):
             raise SupirError("--auth takes user:password")
+    if args.vram_budget is not None and args.vram_budget <= 0:
+        raise SupirError(f"--vram-budget must be a positive number of GiB, got {args.vram_budget}")
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from supir_engine.cli import main
@@ -344,3 +345,23 @@ def test_page_upscales_an_uploaded_image(server, small_png, tmp_path):
             page.screenshot(path=str(screenshot), full_page=True)
             print(f"screenshot: {screenshot}")
             browser.close()
+
+
+def test_serve_refuses_a_nonpositive_vram_budget(capsys):
+    assert main(["serve", "--demo", "--vram-budget", "0"]) == 2
+    assert "--vram-budget must be a positive" in capsys.readouterr().err
+
+
+@NEEDS_GRADIO
+def test_memory_policy_and_budget_reach_the_pipeline(tmp_path):
+    from supir_engine.app import Engine, RunRequest, ServeOptions
+    from supir_engine.tiny import write_demo_checkpoints
+
+    sdxl, supir = write_demo_checkpoints(tmp_path)
+    options = ServeOptions(sdxl, {"Q": supir}, dtype="fp8", device="cpu", memory="blocks")
+    options.vram_budget_gib = 2.5
+    engine = Engine(options)
+    pipeline = engine._pipeline(RunRequest("Q", "fp8", "blocks"), None)
+    assert pipeline.memory.policy == "blocks" and pipeline.memory.budget_bytes == int(2.5 * 2**30)
+    stored = {p.dtype for p in pipeline.model.model.control_model.parameters()}
+    assert torch.float8_e4m3fn in stored  # SUPIR's weights really stored in fp8
