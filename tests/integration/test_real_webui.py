@@ -8,12 +8,13 @@ loopback port, with a temporary ``--data-dir`` that holds this extension (linked
 weights in the real key layout; nothing in the checkout is changed. The environment is passed on as it
 is, so an offline machine sets ``HF_HOME`` (the SD 1.5 tokenizer) and ``HF_HUB_OFFLINE=1`` itself.
 
-The tests run in file order against one server (about a minute to start on 2 CPU cores).
+All tests share one server (it takes a minute to start on 2 CPU cores); each sets what it depends on.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -205,7 +206,25 @@ def loaded_checkpoint(webui: Webui) -> str:
     return webui.call("/sdapi/v1/options")["sd_model_checkpoint"]
 
 
+def choose_base(webui: Webui, tiny: bool) -> None:
+    """Settings > SUPIR > SDXL base: the tiny base file, or the loaded checkpoint (SD 1.5 here: unusable)."""
+    value = "Loaded checkpoint (when SDXL)"
+    if tiny:
+        titles = [m["title"] for m in webui.call("/sdapi/v1/sd-models")]
+        value = next(t for t in titles if t.startswith(SUPIR_BASE))
+    webui.call("/sdapi/v1/options", {"supir_sdxl_base": value})
+
+
+@pytest.fixture
+def with_base(webui: Webui) -> Webui:
+    """The webui with a usable SDXL base chosen in Settings, whatever the tests before did."""
+    choose_base(webui, tiny=True)
+    assert webui.call("/supir/v1/models")["sdxl_problem"] in (None, "")
+    return webui
+
+
 def test_extension_is_loaded_everywhere(webui):
+    choose_base(webui, tiny=False)
     scripts = webui.call("/sdapi/v1/scripts")
     assert "supir" in scripts["txt2img"] and "supir" in scripts["img2img"]
     upscalers = [u["name"] for u in webui.call("/sdapi/v1/upscalers")]
@@ -235,6 +254,7 @@ def test_ui_is_built_with_the_webuis_gradio(webui):
 
 
 def test_sd15_without_base_keeps_the_image(webui):
+    choose_base(webui, tiny=False)
     before = loaded_checkpoint(webui)
     result = txt2img(webui, supir_args(webui))
     assert decode(result["images"][0]).size == (64, 64)  # not upscaled, not lost
@@ -243,11 +263,8 @@ def test_sd15_without_base_keeps_the_image(webui):
     assert loaded_checkpoint(webui) == before
 
 
-def test_txt2img_batch_is_upscaled_with_infotext(webui):
-    titles = [m["title"] for m in webui.call("/sdapi/v1/sd-models")]
-    base = next(t for t in titles if t.startswith(SUPIR_BASE))
-    webui.call("/sdapi/v1/options", {"supir_sdxl_base": base})
-    assert webui.call("/supir/v1/models")["sdxl_problem"] in (None, "")
+def test_txt2img_batch_is_upscaled_with_infotext(with_base):
+    webui = with_base
     before = loaded_checkpoint(webui)
     result = txt2img(webui, supir_args(webui, seed=5), batch_size=2)
     images = [decode(i) for i in result["images"]]
@@ -260,7 +277,8 @@ def test_txt2img_batch_is_upscaled_with_infotext(webui):
     assert decode(txt2img(webui, None)["images"][0]).size == (64, 64)
 
 
-def test_skip_img2img_matches_the_supir_route(webui):
+def test_skip_img2img_matches_the_supir_route(with_base):
+    webui = with_base
     rng = np.random.default_rng(3)
     source = Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
     args = supir_args(webui, skip_img2img=True, prompt_source="None", seed=9)
@@ -287,7 +305,8 @@ def test_skip_img2img_matches_the_supir_route(webui):
     assert np.array_equal(np.asarray(via_img2img), np.asarray(decode(direct["image"]).convert("RGB")))
 
 
-def test_extras_upscaler(webui):
+def test_extras_upscaler(with_base):
+    webui = with_base
     source = Image.new("RGB", (40, 32), (200, 120, 40))
     result = webui.call(
         "/sdapi/v1/extra-single-image",
@@ -296,7 +315,8 @@ def test_extras_upscaler(webui):
     assert decode(result["image"]).size == (80, 64)
 
 
-def test_hires_fix_with_supir_as_its_upscaler(webui):
+def test_hires_fix_with_supir_as_its_upscaler(with_base):
+    webui = with_base
     before = loaded_checkpoint(webui)
     result = txt2img(
         webui,
@@ -313,7 +333,8 @@ def test_hires_fix_with_supir_as_its_upscaler(webui):
     assert loaded_checkpoint(webui) == before  # and the webui's second pass had its model back
 
 
-def test_bad_request_and_interrupt_keep_things_as_they_were(webui):
+def test_bad_request_and_interrupt_keep_things_as_they_were(with_base):
+    webui = with_base
     code, _ = webui.status_of(
         "/supir/v1/upscale", {"image": encode(Image.new("RGB", (32, 32))), "model": "X"}
     )
@@ -362,8 +383,9 @@ def browser_missing() -> str | None:
     return None
 
 
-def test_gallery_before_after_comparison_in_the_browser(webui, tmp_path):
-    """Generate from the txt2img page with the SUPIR accordion open; compare an upscaled image."""
+@contextlib.contextmanager
+def webui_page(webui: Webui):
+    """The webui's page in headless Chromium, loaded (skips the test when there is no browser)."""
     missing = browser_missing()
     if missing:
         pytest.skip(missing)
@@ -375,79 +397,75 @@ def test_gallery_before_after_comparison_in_the_browser(webui, tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(webui.url, wait_until="domcontentloaded")
             page.wait_for_selector("#txt2img_generate", timeout=120_000)
-            page.fill("#txt2img_prompt textarea", "a red apple")
-            for name, value in (("width", "64"), ("height", "64"), ("steps", "1"), ("batch_size", "2")):
-                page.fill(f"#txt2img_{name} input[type=number]", value)
-                page.press(f"#txt2img_{name} input[type=number]", "Enter")
-            page.locator("#script_txt2img_supir_enable .label-wrap").first.click()  # opening it enables SUPIR
-            page.fill("#script_txt2img_supir_steps input[type=number]", "2")
-            page.press("#script_txt2img_supir_steps input[type=number]", "Enter")
-            page.click("#txt2img_generate")
-            info = "document.querySelector('#generation_info_txt2img textarea')"
-            page.wait_for_function(f"() => {info}?.value.includes('SUPIR seed')", timeout=300_000)
-            toggle = page.locator("#txt2img_gallery .supir-compare-toggle")
-            thumbnails = page.locator("#txt2img_gallery .thumbnails > .thumbnail-item")
-            assert thumbnails.count() == 3  # the grid, then the two images
-            page.wait_for_timeout(500)
-            assert not toggle.is_visible()  # the grid is selected: nothing to compare
-            thumbnails.nth(2).click()
-            toggle.wait_for(state="visible", timeout=10_000)
-            toggle.click()
-            overlay = page.locator("#txt2img_gallery .supir-compare")
-            overlay.wait_for(state="visible", timeout=10_000)
-            before = page.locator("#txt2img_gallery .supir-compare img")
-            page.wait_for_function(
-                "() => document.querySelector('#txt2img_gallery .supir-compare img')?.naturalWidth > 0"
-            )
-            assert before.get_attribute("src").endswith("/1")  # the second image of the generation
-            assert before.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [64, 64]  # as generated
-            preview = page.locator("#txt2img_gallery .preview > img")
-            assert preview.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [128, 128]  # SUPIR's result
-            box = overlay.bounding_box()
-            point = (box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2)
-            page.mouse.move(*point)
-            split = overlay.evaluate("o => o.style.getPropertyValue('--supir-split')")
-            assert abs(float(split.rstrip("%")) - 30) < 2
-            on_top = page.evaluate("([x, y]) => document.elementFromPoint(x, y).className", list(point))
-            assert "supir-compare" in on_top  # the overlay is above the gallery's preview
-            page.screenshot(path=str(tmp_path / "comparison.png"))
-            thumbnails.nth(0).click()
-            page.wait_for_timeout(500)
-            assert not overlay.is_visible() and not toggle.is_visible()
+            yield page
         finally:
             browser.close()
 
 
-def test_extras_tab_in_the_browser(webui, tmp_path):
-    """Extras, single image: upload, open the SUPIR accordion, Generate: the result is 2x, with parameters."""
-    missing = browser_missing()
-    if missing:
-        pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
+def test_gallery_before_after_comparison_in_the_browser(with_base, tmp_path):
+    """Generate from the txt2img page with the SUPIR accordion open; compare an upscaled image."""
+    webui = with_base
+    with webui_page(webui) as page:
+        page.fill("#txt2img_prompt textarea", "a red apple")
+        for name, value in (("width", "64"), ("height", "64"), ("steps", "1"), ("batch_size", "2")):
+            page.fill(f"#txt2img_{name} input[type=number]", value)
+            page.press(f"#txt2img_{name} input[type=number]", "Enter")
+        page.locator("#script_txt2img_supir_enable .label-wrap").first.click()  # opening it enables SUPIR
+        page.fill("#script_txt2img_supir_steps input[type=number]", "2")
+        page.press("#script_txt2img_supir_steps input[type=number]", "Enter")
+        page.click("#txt2img_generate")
+        info = "document.querySelector('#generation_info_txt2img textarea')"
+        page.wait_for_function(f"() => {info}?.value.includes('SUPIR seed')", timeout=300_000)
+        toggle = page.locator("#txt2img_gallery .supir-compare-toggle")
+        thumbnails = page.locator("#txt2img_gallery .thumbnails > .thumbnail-item")
+        assert thumbnails.count() == 3  # the grid, then the two images
+        page.wait_for_timeout(500)
+        assert not toggle.is_visible()  # the grid is selected: nothing to compare
+        thumbnails.nth(2).click()
+        toggle.wait_for(state="visible", timeout=10_000)
+        toggle.click()
+        overlay = page.locator("#txt2img_gallery .supir-compare")
+        overlay.wait_for(state="visible", timeout=10_000)
+        before = page.locator("#txt2img_gallery .supir-compare img")
+        page.wait_for_function(
+            "() => document.querySelector('#txt2img_gallery .supir-compare img')?.naturalWidth > 0"
+        )
+        assert before.get_attribute("src").endswith("/1")  # the second image of the generation
+        assert before.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [64, 64]  # as generated
+        preview = page.locator("#txt2img_gallery .preview > img")
+        assert preview.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [128, 128]  # SUPIR's result
+        box = overlay.bounding_box()
+        point = (box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2)
+        page.mouse.move(*point)
+        split = overlay.evaluate("o => o.style.getPropertyValue('--supir-split')")
+        assert abs(float(split.rstrip("%")) - 30) < 2
+        on_top = page.evaluate("([x, y]) => document.elementFromPoint(x, y).className", list(point))
+        assert "supir-compare" in on_top  # the overlay is above the gallery's preview
+        page.screenshot(path=str(tmp_path / "comparison.png"))
+        thumbnails.nth(0).click()
+        page.wait_for_timeout(500)
+        assert not overlay.is_visible() and not toggle.is_visible()
 
+
+def test_extras_tab_in_the_browser(with_base, tmp_path):
+    """Extras, single image: upload, open the SUPIR accordion, Generate: the result is 2x, with parameters."""
+    webui = with_base
     source = tmp_path / "small.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(source)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(webui.url, wait_until="domcontentloaded")
-            page.wait_for_selector("#txt2img_generate", timeout=120_000)
-            page.click("#tabs button:has-text('Extras')")
-            page.set_input_files("#extras_image input[type=file]", str(source))
-            page.locator("#extras_image img").first.wait_for(state="visible", timeout=30_000)
-            page.locator("#extras_supir .label-wrap").first.click()
-            page.fill("#extras_supir_steps input[type=number]", "2")
-            page.press("#extras_supir_steps input[type=number]", "Enter")
-            page.click("#extras_generate")
-            info = "document.querySelector('#html_info_x_extras')"
-            page.wait_for_function(f"() => {info}?.innerText.includes('SUPIR seed')", timeout=300_000)
-            text = page.evaluate(f"() => {info}.innerText")
-            sizes = page.evaluate(
-                "() => Array.from(document.querySelectorAll('#extras_gallery img'))"
-                ".map(i => [i.naturalWidth, i.naturalHeight])"
-            )
-        finally:
-            browser.close()
+    with webui_page(webui) as page:
+        page.click("#tabs button:has-text('Extras')")
+        page.set_input_files("#extras_image input[type=file]", str(source))
+        page.locator("#extras_image img").first.wait_for(state="visible", timeout=30_000)
+        page.locator("#extras_supir .label-wrap").first.click()
+        page.fill("#extras_supir_steps input[type=number]", "2")
+        page.press("#extras_supir_steps input[type=number]", "Enter")
+        page.click("#extras_generate")
+        info = "document.querySelector('#html_info_x_extras')"
+        page.wait_for_function(f"() => {info}?.innerText.includes('SUPIR seed')", timeout=300_000)
+        text = page.evaluate(f"() => {info}.innerText")
+        sizes = page.evaluate(
+            "() => Array.from(document.querySelectorAll('#extras_gallery img'))"
+            ".map(i => [i.naturalWidth, i.naturalHeight])"
+        )
     assert "SUPIR model: SUPIR-v0Q" in text and "SUPIR steps: 2" in text
     assert sizes and all(size == [48, 32] for size in sizes)  # 24x16 (no webui upscaler chosen) x 2
