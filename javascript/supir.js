@@ -69,8 +69,15 @@
         return buttons.length <= 1 && previewImage(tab) ? 0 : -1;
     }
 
-    // {key, url} of the selected image's original, or null when it is not a SUPIR result of this page.
+    function generating(tab) {
+        const interrupt = app().querySelector(`#${tab}_interrupt`);
+        return !!(interrupt && interrupt.offsetParent);
+    }
+
+    // {key, url} of the selected image's original, or null when it is not a SUPIR result of this page
+    // (or a generation is running: the gallery then shows previews while the info is the last run's).
     function selectedOriginal(tab) {
+        if (generating(tab)) return null;
         const info = generationInfo(tab);
         const index = selectedIndex(tab);
         if (!info || !Array.isArray(info.infotexts) || index < 0 || index >= info.infotexts.length) return null;

@@ -445,6 +445,13 @@ def test_gallery_before_after_comparison_in_the_browser(with_base, tmp_path):
         thumbnails.nth(0).click()
         page.wait_for_timeout(500)
         assert not overlay.is_visible() and not toggle.is_visible()
+        thumbnails.nth(2).click()
+        toggle.wait_for(state="visible", timeout=10_000)
+        page.click("#txt2img_generate")  # while a generation runs, the gallery shows other images
+        page.locator("#txt2img_interrupt").wait_for(state="visible", timeout=30_000)
+        page.wait_for_timeout(500)
+        assert not toggle.is_visible() and not overlay.is_visible()
+        page.locator("#txt2img_interrupt").wait_for(state="hidden", timeout=300_000)
 
 
 def test_extras_tab_in_the_browser(with_base, tmp_path):
