@@ -418,14 +418,15 @@ def test_gallery_before_after_comparison_in_the_browser(with_base, tmp_path):
         page.wait_for_function(f"() => {info}?.value.includes('SUPIR seed')", timeout=300_000)
         toggle = page.locator("#txt2img_gallery .supir-compare-toggle")
         thumbnails = page.locator("#txt2img_gallery .thumbnails > .thumbnail-item")
-        assert thumbnails.count() == 3  # the grid, then the two images
-        page.wait_for_timeout(500)
+        selector = "#txt2img_gallery .thumbnails > .thumbnail-item"
+        page.wait_for_function(f"() => document.querySelectorAll('{selector}').length === 3")  # grid + 2
+        page.wait_for_timeout(1000)
         assert not toggle.is_visible()  # the grid is selected: nothing to compare
         thumbnails.nth(2).click()
-        toggle.wait_for(state="visible", timeout=10_000)
+        toggle.wait_for(state="visible", timeout=30_000)
         toggle.click()
         overlay = page.locator("#txt2img_gallery .supir-compare")
-        overlay.wait_for(state="visible", timeout=10_000)
+        overlay.wait_for(state="visible", timeout=30_000)
         before = page.locator("#txt2img_gallery .supir-compare img")
         page.wait_for_function(
             "() => document.querySelector('#txt2img_gallery .supir-compare img')?.naturalWidth > 0"
@@ -442,15 +443,15 @@ def test_gallery_before_after_comparison_in_the_browser(with_base, tmp_path):
         on_top = page.evaluate("([x, y]) => document.elementFromPoint(x, y).className", list(point))
         assert "supir-compare" in on_top  # the overlay is above the gallery's preview
         page.screenshot(path=str(tmp_path / "comparison.png"))
-        thumbnails.nth(0).click()
-        page.wait_for_timeout(500)
-        assert not overlay.is_visible() and not toggle.is_visible()
+        thumbnails.nth(0).click()  # the grid again: nothing to compare
+        overlay.wait_for(state="hidden", timeout=30_000)
+        toggle.wait_for(state="hidden", timeout=30_000)
         thumbnails.nth(2).click()
-        toggle.wait_for(state="visible", timeout=10_000)
+        toggle.wait_for(state="visible", timeout=30_000)
         page.click("#txt2img_generate")  # while a generation runs, the gallery shows other images
-        page.locator("#txt2img_interrupt").wait_for(state="visible", timeout=30_000)
-        page.wait_for_timeout(500)
-        assert not toggle.is_visible() and not overlay.is_visible()
+        page.locator("#txt2img_interrupt").wait_for(state="visible", timeout=60_000)
+        toggle.wait_for(state="hidden", timeout=30_000)
+        assert not overlay.is_visible()
         page.locator("#txt2img_interrupt").wait_for(state="hidden", timeout=300_000)
 
 
