@@ -24,16 +24,22 @@ class BeforeImages:
     def __init__(self, limit_bytes: int = DEFAULT_LIMIT_BYTES):
         self.limit_bytes = limit_bytes
         self._images: OrderedDict[tuple[str, int], Image.Image] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def remember(self, job: str, index: int, image: Image.Image) -> None:
         if image_bytes(image) > self.limit_bytes:
             return
         with self._lock:
-            self._images.pop((job, index), None)
+            self._drop(self._images.pop((job, index), None))
             self._images[(job, index)] = image.copy()
-            while sum(image_bytes(i) for i in self._images.values()) > self.limit_bytes:
-                self._images.popitem(last=False)
+            self._bytes += image_bytes(image)
+            while self._bytes > self.limit_bytes:
+                self._drop(self._images.popitem(last=False)[1])
+
+    def _drop(self, image: Image.Image | None) -> None:
+        if image is not None:
+            self._bytes -= image_bytes(image)
 
     def get(self, job: str, index: int) -> Image.Image | None:
         with self._lock:
@@ -42,6 +48,7 @@ class BeforeImages:
     def clear(self) -> None:
         with self._lock:
             self._images.clear()
+            self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._images)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from supir_engine.checkpoints import LoadOptions
 from supir_engine.errors import CancelledError, CheckpointNotFoundError, SupirError
-from supir_engine.memory import STORAGE_DTYPES, GiB, MemoryConfig
+from supir_engine.memory import STORAGE_DTYPES, MemoryConfig, budget_config
 from supir_engine.model_cache import InMemorySDXL, ModelCache, SDXLSource
 from supir_engine.model_files import HOW_TO_GET_SUPIR, find_supir
 from supir_engine.pipeline import SUPIRPipeline, UpscaleResult
@@ -203,10 +203,8 @@ def release(shared_only: bool = False) -> None:
 
 
 def memory_config() -> MemoryConfig:
-    budget = float(opt("supir_vram_budget") or 0)
-    return MemoryConfig(
-        policy=str(opt("supir_memory_policy")), budget_bytes=int(budget * GiB) if budget > 0 else None
-    )
+    budget = float(opt("supir_vram_budget") or 0)  # 0: the free memory
+    return budget_config(str(opt("supir_memory_policy")), budget if budget > 0 else None)
 
 
 def _pipeline(model, device: torch.device) -> SUPIRPipeline:

@@ -37,20 +37,18 @@ class Job:
     problem: str | None = None  # set when SUPIR cannot run at all (missing file, no SDXL base)
     counted: bool = False
     params: dict[int, dict[str, Any]] = field(default_factory=dict)  # image index -> infotext values
-    errors: dict[int, str] = field(default_factory=dict)  # image index -> why it was kept as it was
 
     def infotext_value(self, key: str):
         """An ``extra_generation_params`` value: the webui calls it with ``index`` for each image."""
 
         def value(index: int = 0, **_: Any) -> Any:
-            if key == ERROR_KEY:
-                return self.errors.get(index)
             return self.params.get(index, {}).get(key)
 
         return value
 
     def failed(self, p, index: int, message: str) -> None:
-        self.errors[index] = message
+        """The image at ``index`` stays as it was: its infotext says why, and so does the page."""
+        self.params[index] = {ERROR_KEY: message}
         p.comment(message)
 
 

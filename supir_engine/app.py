@@ -28,7 +28,7 @@ from .checkpoints import LoadOptions
 from .cli import DTYPES, pick_device
 from .errors import CancelledError, CheckpointNotFoundError, SupirError
 from .infotext import infotext_line, to_infotext
-from .memory import GiB, MemoryConfig
+from .memory import budget_config
 from .model_cache import ModelCache
 from .preprocess import MAX_PIXELS, MAX_SIDE, ImageError, check_size, target_size
 from .settings import (
@@ -264,10 +264,7 @@ class Engine:
         except Exception as exc:
             self._state = f"failed to load {name}: {exc}"
             raise
-        budget = self.options.vram_budget_gib
-        memory = MemoryConfig(
-            policy=request.memory or "stages", budget_bytes=None if budget is None else int(budget * GiB)
-        )
+        memory = budget_config(request.memory, self.options.vram_budget_gib)
         pipeline = SUPIRPipeline(model, self.device, memory=memory)
         self._loaded = Loaded(request, pipeline, time.perf_counter() - start)
         self._state = f"{name} ready ({request.dtype}, loaded in {self._loaded.seconds:.1f} s)"

@@ -18,7 +18,7 @@ import torch
 
 from .checkpoints import LoadOptions, LoadReport, load_supir
 from .errors import CancelledError, SupirError
-from .memory import POLICIES, STORAGE_DTYPES, GiB, MemoryConfig, MemoryPlan
+from .memory import POLICIES, STORAGE_DTYPES, GiB, MemoryConfig, MemoryPlan, budget_config
 from .settings import PRESETS, UpscaleSettings, preset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -169,8 +169,7 @@ def check_serve_flags(args: argparse.Namespace) -> None:
         user, sep, password = args.auth.partition(":")
         if not (user and sep and password):
             raise SupirError("--auth takes user:password")
-    if args.vram_budget is not None and args.vram_budget <= 0:
-        raise SupirError(f"--vram-budget must be a positive number of GiB, got {args.vram_budget}")
+    vram_budget(args)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -357,14 +356,16 @@ def load_pipeline(sdxl: Path, supir: Path, args: argparse.Namespace):
     return SUPIRPipeline(model, pick_device(args.device), memory=memory_from_args(args)), report
 
 
-def memory_from_args(args: argparse.Namespace) -> MemoryConfig:
+def vram_budget(args: argparse.Namespace) -> float | None:
+    """``--vram-budget`` in GiB (None: the free memory); refuses zero or less."""
     budget = getattr(args, "vram_budget", None)
     if budget is not None and budget <= 0:
         raise SupirError(f"--vram-budget must be a positive number of GiB, got {budget}")
-    return MemoryConfig(
-        policy=getattr(args, "memory", None) or "stages",
-        budget_bytes=None if budget is None else int(budget * GiB),
-    )
+    return budget
+
+
+def memory_from_args(args: argparse.Namespace) -> MemoryConfig:
+    return budget_config(getattr(args, "memory", None), vram_budget(args))
 
 
 def describe_memory(plan: MemoryPlan | None) -> str:

@@ -185,6 +185,13 @@ def memory_config(value: MemoryConfig | str | None) -> MemoryConfig:
     return MemoryConfig(policy=value) if isinstance(value, str) else value
 
 
+def budget_config(policy: str | None, budget_gib: float | None) -> MemoryConfig:
+    """``policy`` (None: ``stages``) planning with ``budget_gib`` GiB of device memory (None: all free)."""
+    return MemoryConfig(
+        policy=policy or "stages", budget_bytes=None if budget_gib is None else int(budget_gib * GiB)
+    )
+
+
 def free_device_bytes(device: torch.device) -> int | None:
     """Bytes this process could still allocate on ``device``; None when unbounded (CPU) or unknown."""
     if device.type == "cuda":

@@ -118,7 +118,7 @@ def sampler_settings(
         tile_size=settings.tile_size,
         tile_stride=settings.tile_stride,
         batch_cfg=batch_cfg,
-        tile_batch=tile_batch if settings.tile_size is not None else 1,
+        tile_batch=tile_batch,
     )
 
 
