@@ -430,7 +430,7 @@ def test_vram_benchmark_measures_the_tiny_model_under_fake_cuda():
 
 
 def test_host_pinning_registers_each_storage_once_and_unregisters(monkeypatch):
-    from supir_engine.memory import _HostPins
+    from supir_engine.memory.residency import _HostPins
 
     calls = []
 
@@ -457,7 +457,7 @@ def test_host_pinning_registers_each_storage_once_and_unregisters(monkeypatch):
 
 def test_auto_batches_tiles_when_weights_are_streamed():
     """4096 px on a 4 GiB card must tile; several tiles per call divide the bytes streamed per step."""
-    from supir_engine.memory import _tiles
+    from supir_engine.memory.planning import _tiles
 
     work = real_size_workload(2, output_px=4096)
     chosen = plan(work, 4 * GiB, MemoryConfig("auto"))
