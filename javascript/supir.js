@@ -6,7 +6,7 @@
     const supirTitles = {
         "SUPIR model": "SUPIR-v0Q: best quality on most photos. SUPIR-v0F: stays closer to the input (lightly degraded images).",
         "SUPIR upscale by": "Output size as a multiple of the input. SUPIR works at a short side of at least the size set in Settings > SUPIR and resizes to this factor at the end.",
-        "SUPIR preset": "Sets steps, CFG, control and noise values to the SUPIR authors' Quality or Fidelity preset.",
+        "SUPIR preset": "Sets the sampler values. Quality / Fidelity: the SUPIR authors' 2025 recommendations; (classic): their first demo's values; Lightning: 8 DPM++ 2M steps, only for an SDXL-Lightning base.",
         "Skip img2img (upscale the input image directly)": "img2img only: no generation runs; SUPIR restores and upscales the input image itself.",
         "SUPIR caption source": "What describes the image to SUPIR: the generation prompt (extra networks and weights removed), a custom caption, or nothing.",
         "Custom caption": "A short description of the image, used when the caption source is 'Custom caption'.",

@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from supir_engine.errors import CancelledError, CheckpointNotFoundError, SupirError
 from supir_engine.infotext import infotext_line
+from supir_engine.settings import preset_key
 
 from . import runner
 from .args import ARG_NAMES, ArgumentError, from_mapping, infotext_params, with_preset
@@ -45,7 +46,13 @@ PREFIX = "/supir/v1"
 class UpscaleRequest(BaseModel):
     image: str = Field(..., description="the input image, base64 (a data: URL prefix is accepted)")
     model: str = Field("SUPIR-v0Q", description="SUPIR-v0Q or SUPIR-v0F")
-    preset: str | None = Field(None, description="Quality or Fidelity: its values before `args`")
+    preset: str | None = Field(
+        None,
+        description=(
+            "a SUPIR preset (Quality, Fidelity, Quality (classic), Fidelity (classic), Lightning Quality, "
+            "Lightning Fidelity): its values before `args`"
+        ),
+    )
     args: dict[str, Any] = Field(
         default_factory=dict, description="arguments by name, see GET /supir/v1/args"
     )
@@ -83,9 +90,12 @@ def upscale(req: UpscaleRequest) -> UpscaleResponse:
     try:
         defaults = default_args()
         if req.preset:
-            if req.preset.title() not in PRESETS:
-                raise ArgumentError(f"preset must be one of {', '.join(PRESETS)}, got {req.preset!r}")
-            defaults = with_preset(defaults, req.preset.title())
+            try:
+                preset_key(req.preset)
+            except ValueError:
+                known = ", ".join(PRESETS)
+                raise ArgumentError(f"preset must be one of {known}, got {req.preset!r}") from None
+            defaults = with_preset(defaults, req.preset)
         args = from_mapping(
             {**req.args, "model": req.args.get("model", req.model), "enabled": True}, defaults
         )

@@ -47,15 +47,15 @@ class SupirArgs:
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     steps: int = 50
     sampler: str = "restore_edm"
-    cfg_scale: float = 7.5
+    cfg_scale: float = 6.0
     linear_cfg: bool = True
-    cfg_scale_start: float = 4.0
+    cfg_scale_start: float = 3.0
     control_scale: float = 1.0
     linear_control: bool = False
     control_scale_start: float = 0.0
     restoration_scale: float = -1.0
     s_churn: float = 5.0
-    s_noise: float = 1.003
+    s_noise: float = 1.02
     seed: int = -1
     seed_from_image: bool = False
     color_fix: str = "wavelet"
@@ -141,7 +141,7 @@ def from_mapping(values: Mapping[str, Any], defaults: SupirArgs | None = None) -
 
 
 def with_preset(args: SupirArgs, preset_name: str) -> SupirArgs:
-    """The preset's sampler values (Quality / Fidelity) applied to ``args``."""
+    """The preset's sampler values applied to ``args`` (a label such as "Quality (classic)", or a key)."""
     return args.replace(**preset_controls(preset_name, args.cfg_scale_start, args.control_scale_start))
 
 

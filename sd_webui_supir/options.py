@@ -11,13 +11,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from supir_engine.settings import DEFAULT_NEGATIVE_PROMPT, DEFAULT_POSITIVE_PROMPT
+from supir_engine.settings import DEFAULT_NEGATIVE_PROMPT, DEFAULT_POSITIVE_PROMPT, PRESET_LABELS
 
 from .args import SupirArgs, with_preset
 
 SECTION = ("supir", "SUPIR")
 LOADED_CHECKPOINT = "Loaded checkpoint (when SDXL)"
-PRESETS = ("Quality", "Fidelity")
+PRESETS = tuple(PRESET_LABELS.values())
 MEMORY_POLICIES = ("auto", "full", "stages", "blocks")
 STORAGE_DTYPES = ("auto", "fp16", "bf16", "fp8", "fp32")
 

@@ -33,8 +33,9 @@ from .model_cache import ModelCache
 from .preprocess import MAX_PIXELS, MAX_SIDE, ImageError, check_size, target_size
 from .settings import (
     COLOR_FIXES,
+    LIGHTNING_NOTE,
     PRESET_CONTROLS,
-    PRESETS,
+    PRESET_LABELS,
     SAMPLER_NAMES,
     UpscaleSettings,
     preset,
@@ -394,7 +395,7 @@ def call_upscaler_settings(
     s_churn 5, wavelet colour fix, no restoration guidance) with the given values, clamped as it did."""
     try:
         return preset(
-            "quality",
+            "quality_classic",
             scale=float(upscale),
             seed=int(seed),
             steps=int(_clamp("steps", int(steps))),
@@ -585,7 +586,12 @@ class SupirApp:
         c: dict[str, Any] = {}
         variants = list(options.supir)
         c["model"] = gr.Radio(variants, value=options.model, label="SUPIR model (Q quality / F fidelity)")
-        c["preset"] = gr.Dropdown(list(PRESETS), value="quality", label="Preset")
+        c["preset"] = gr.Dropdown(
+            list(PRESET_LABELS.values()),
+            value=PRESET_LABELS["quality"],
+            label="Preset",
+            info=LIGHTNING_NOTE,
+        )
         c["scale"] = gr.Slider(1, 8, value=d.scale, step=0.5, label="Scale")
         c["caption"] = gr.Textbox(value="", label="Caption (describe the image)", lines=2)
         with gr.Accordion("Prompts", open=False):

@@ -88,7 +88,13 @@ def add_upscale_parser(commands) -> None:
     up.add_argument("--supir", type=Path, help="SUPIR checkpoint (default: SUPIR-v0Q/F in --models-dir)")
     up.add_argument("--model", choices=["Q", "F"], default="Q", help="SUPIR-v0Q (quality) or v0F (fidelity)")
     up.add_argument("--models-dir", type=Path, help="where to look for models (default models/SUPIR)")
-    up.add_argument("--preset", choices=sorted(PRESETS), default="quality", help="parameter preset")
+    up.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="quality",
+        help="parameter preset: quality / fidelity (the SUPIR authors' 2025 settings), *_classic (the first "
+        "demo's), lightning_* (8 DPM++ 2M steps; only for an SDXL-Lightning base)",
+    )
     up.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weight storage dtype")
     up.add_argument(
         "--memory",

@@ -27,7 +27,7 @@ COLOR_FIXES = ("wavelet", "adain", "none")
 class UpscaleSettings:
     """Everything that decides one upscale. ``None`` for a ``*_start`` value means a constant scale.
 
-    Defaults are the original demo's "Quality" preset.
+    Defaults are the "quality" preset (the SUPIR authors' quality-oriented settings of 2025).
     """
 
     scale: float = 2.0
@@ -35,13 +35,13 @@ class UpscaleSettings:
     alignment: int = 32
     steps: int = 50
     sampler: str = "restore_edm"
-    cfg_scale: float = 7.5
-    cfg_scale_start: float | None = 4.0
+    cfg_scale: float = 6.0
+    cfg_scale_start: float | None = 3.0
     control_scale: float = 1.0
     control_scale_start: float | None = None
     restoration_scale: float = -1.0
     s_churn: float = 5.0
-    s_noise: float = 1.003
+    s_noise: float = 1.02
     eta: float = 1.0
     color_fix: str = "wavelet"
     denoise_stage: bool = True
@@ -83,24 +83,71 @@ class UpscaleSettings:
         return dataclasses.asdict(self)
 
 
-# The original demo's two parameter presets (gradio_demo.py, load_and_reset): they differ only in CFG.
-_PRESET_COMMON: dict[str, Any] = {
+# Parameter presets. Sources (Fanghua-Yu/SUPIR):
+# * "quality" / "fidelity": the authors' recommendation of 2025-05-12 (README, "Empirical Hyperparameters
+#   Settings"; test.py's defaults became the fidelity values). Quality-oriented: s_cfg 6.0, CFG start 3.0,
+#   s_noise 1.02 (the authors also suggest lowering the control strength s_stage2 to 0.93 for more freedom);
+#   fidelity-oriented: s_cfg 4.0, CFG start 1.0, s_noise 1.01; linear CFG on in both.
+# * "quality_classic" / "fidelity_classic": the first demo's values (gradio_demo.py, load_and_reset with
+#   options/SUPIR_v0.yaml): s_cfg 7.5 / 4.0 ramping from 4.0 / 1.0, s_noise 1.003.
+# * "lightning_quality" / "lightning_fidelity": options/SUPIR_v0_Juggernautv9_lightning.yaml, made for an
+#   SDXL-Lightning base (e.g. Juggernaut RunDiffusionPhoto2 Lightning 4 steps): RestoreDPMPP2MSampler,
+#   edm_steps 8, s_cfg = spt_linear_CFG = 2.0 (quality) / 1.5 (fidelity), restore_cfg 4.0, s_churn 0. The
+#   original's DPM++ 2M sampler ignores restore_cfg and s_churn; they are kept as the YAML gives them.
+_EDM_COMMON: dict[str, Any] = {
+    "sampler": "restore_edm",
+    "steps": 50,
     "control_scale": 1.0,
     "control_scale_start": None,
     "restoration_scale": -1.0,
     "s_churn": 5.0,
+    "color_fix": "wavelet",
+}
+_LIGHTNING_COMMON: dict[str, Any] = {
+    "sampler": "restore_dpmpp_2m",
+    "steps": 8,
+    "control_scale": 1.0,
+    "control_scale_start": None,
+    "restoration_scale": 4.0,
+    "s_churn": 0.0,
     "s_noise": 1.003,
-    "steps": 50,
     "color_fix": "wavelet",
 }
 PRESETS: dict[str, dict[str, Any]] = {
-    "quality": {**_PRESET_COMMON, "cfg_scale": 7.5, "cfg_scale_start": 4.0},
-    "fidelity": {**_PRESET_COMMON, "cfg_scale": 4.0, "cfg_scale_start": 1.0},
+    "quality": {**_EDM_COMMON, "cfg_scale": 6.0, "cfg_scale_start": 3.0, "s_noise": 1.02},
+    "fidelity": {**_EDM_COMMON, "cfg_scale": 4.0, "cfg_scale_start": 1.0, "s_noise": 1.01},
+    "quality_classic": {**_EDM_COMMON, "cfg_scale": 7.5, "cfg_scale_start": 4.0, "s_noise": 1.003},
+    "fidelity_classic": {**_EDM_COMMON, "cfg_scale": 4.0, "cfg_scale_start": 1.0, "s_noise": 1.003},
+    "lightning_quality": {**_LIGHTNING_COMMON, "cfg_scale": 2.0, "cfg_scale_start": 2.0},
+    "lightning_fidelity": {**_LIGHTNING_COMMON, "cfg_scale": 1.5, "cfg_scale_start": 1.5},
 }
+# How the presets are shown in the UIs, in this order.
+PRESET_LABELS: dict[str, str] = {
+    "quality": "Quality",
+    "fidelity": "Fidelity",
+    "quality_classic": "Quality (classic)",
+    "fidelity_classic": "Fidelity (classic)",
+    "lightning_quality": "Lightning Quality",
+    "lightning_fidelity": "Lightning Fidelity",
+}
+LIGHTNING_NOTE = (
+    "Lightning presets are made for an SDXL-Lightning base (such as Juggernaut RunDiffusionPhoto2 "
+    "Lightning): 8 DPM++ 2M steps at low CFG; with a normal SDXL base they give soft, unfinished results."
+)
+
+
+def preset_key(name: str) -> str:
+    """The PRESETS key of ``name``, a key or a label ("Quality (classic)"); ValueError when unknown."""
+    key = "_".join(name.lower().replace("(", " ").replace(")", " ").replace("-", " ").split())
+    if key not in PRESETS:
+        labels = ", ".join(PRESET_LABELS.values())
+        raise ValueError(f"unknown preset {name!r}: choose one of {labels}")
+    return key
 
 
 # The UI controls a preset sets: each optional ramp start is shown as an on/off switch plus a value.
 PRESET_CONTROLS = (
+    "sampler",
     "steps",
     "cfg_scale",
     "linear_cfg",
@@ -116,13 +163,14 @@ PRESET_CONTROLS = (
 
 
 def preset_controls(name: str, cfg_start_off: float, control_start_off: float) -> dict[str, Any]:
-    """Values of PRESET_CONTROLS for preset ``name`` (KeyError if unknown).
+    """Values of PRESET_CONTROLS for preset ``name`` (a key or a label; ValueError if unknown).
 
     A ramp the preset leaves off keeps the given ``*_off`` value in its (disabled) start control.
     """
-    values = PRESETS[name.lower()]
+    values = PRESETS[preset_key(name)]
     cfg_start, control_start = values["cfg_scale_start"], values["control_scale_start"]
     return {
+        "sampler": values["sampler"],
         "steps": values["steps"],
         "cfg_scale": values["cfg_scale"],
         "linear_cfg": cfg_start is not None,
@@ -138,7 +186,4 @@ def preset_controls(name: str, cfg_start_off: float, control_start_off: float) -
 
 
 def preset(name: str, **overrides: Any) -> UpscaleSettings:
-    key = name.lower()
-    if key not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}: choose {' or '.join(PRESETS)}")
-    return UpscaleSettings(**{**PRESETS[key], **overrides})
+    return UpscaleSettings(**{**PRESETS[preset_key(name)], **overrides})

@@ -24,7 +24,7 @@ def test_script_ui_components_match_the_argument_order(webui):
 def test_initial_values_come_from_settings(webui):
     script = scripts.scripts_txt2img.scripts[0]
     values = dict(zip(ARG_NAMES, (c.value for c in script.controls)))
-    assert values["steps"] == 50 and values["cfg_scale"] == 7.5  # the Quality preset
+    assert values["steps"] == 50 and values["cfg_scale"] == 6.0  # the Quality preset (authors, 2025)
     assert values["positive_prompt"] == DEFAULTS["supir_positive_prompt"]
 
 
@@ -35,6 +35,12 @@ def test_preset_change_sets_the_sampler_values(webui):
     assert (
         fidelity["cfg_scale"] == 4.0 and fidelity["cfg_scale_start"] == 1.0 and fidelity["linear_cfg"] is True
     )
+    assert fidelity["s_noise"] == 1.01
+    lightning = dict(zip(PRESET_FIELDS, preset_values("Lightning Quality")))
+    assert lightning["sampler"] == "restore_dpmpp_2m" and lightning["steps"] == 8
+    assert lightning["cfg_scale"] == 2.0 and lightning["s_churn"] == 0.0
+    classic = dict(zip(PRESET_FIELDS, preset_values("Quality (classic)")))
+    assert (classic["cfg_scale"], classic["cfg_scale_start"], classic["s_noise"]) == (7.5, 4.0, 1.003)
 
 
 def test_extras_ui_returns_named_controls(webui):
