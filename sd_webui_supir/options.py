@@ -16,6 +16,8 @@ from supir_engine.settings import DEFAULT_NEGATIVE_PROMPT, DEFAULT_POSITIVE_PROM
 from .args import SupirArgs, with_preset
 
 SECTION = ("supir", "SUPIR")
+# The webui groups Settings sections by category in its sidebar; SUPIR sits with the other upscalers.
+CATEGORY = "postprocessing"
 LOADED_CHECKPOINT = "Loaded checkpoint (when SDXL)"
 PRESETS = tuple(PRESET_LABELS.values())
 MEMORY_POLICIES = ("auto", "full", "stages", "blocks")
@@ -103,7 +105,9 @@ def option_infos() -> dict[str, Any]:
     from modules import shared
 
     def info(key: str, component=None, args=None):
-        return shared.OptionInfo(DEFAULTS[key], LABELS[key], component, args, section=SECTION)
+        return shared.OptionInfo(
+            DEFAULTS[key], LABELS[key], component, args, section=SECTION, category_id=CATEGORY
+        )
 
     def number(key: str, minimum: int, maximum: int, step: int):
         return info(key, gr.Slider, {"minimum": minimum, "maximum": maximum, "step": step})

@@ -53,6 +53,8 @@ def test_settings_section_builds_as_the_webui_builds_it(webui):
     """modules/ui_settings.create_setting_component: component(label=, value=, elem_id=, **args)."""
     keys = [k for k, info in shared.opts.data_labels.items() if info.section == SECTION]
     assert keys == list(DEFAULTS)
+    # in the sidebar's Postprocessing category, not "Uncategorized"
+    assert {shared.opts.data_labels[k].category_id for k in keys} == {"postprocessing"}
     with gr.Blocks():
         for key in keys:
             info = shared.opts.data_labels[key]
