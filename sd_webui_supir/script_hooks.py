@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 JOB_ATTRIBUTE = "supir_job"  # on the processing object: one job per generation, gone with it
 # Why SUPIR left an image as it was: in its infotext, hence also in the API's "info" (which has no comments).
 ERROR_KEY = "SUPIR error"
+# The webui's "Size" is the generation size; on an image SUPIR enlarged it says the image's real size, and
+# the generation size moves to this key (pasting an infotext restores width and height from it).
+GENERATION_SIZE_KEY = "SUPIR generation size"
 
 
 @dataclass
@@ -43,6 +46,14 @@ class Job:
 
         def value(index: int = 0, **_: Any) -> Any:
             return self.params.get(index, {}).get(key)
+
+        return value
+
+    def size_value(self, p):
+        """The webui's "Size" for each image: the upscaled size where SUPIR ran, else the generation's."""
+
+        def value(index: int = 0, **_: Any) -> str:
+            return self.params.get(index, {}).get("Size") or f"{p.width}x{p.height}"
 
         return value
 
@@ -74,8 +85,9 @@ def process(p, values: Sequence[Any], is_img2img: bool) -> None:
         job.skip.apply(p)
     if not job.problem:
         # Callables, so each image gets its own values (seeds drawn per image) and a failed image none.
-        for key in (*ALL_INFOTEXT_KEYS, ERROR_KEY):
+        for key in (*ALL_INFOTEXT_KEYS, ERROR_KEY, GENERATION_SIZE_KEY):
             p.extra_generation_params[key] = job.infotext_value(key)
+        p.extra_generation_params["Size"] = job.size_value(p)
     setattr(p, JOB_ATTRIBUTE, job)
 
 
@@ -126,7 +138,11 @@ def postprocess_image(p, pp) -> None:
     if opt("supir_compare"):
         BEFORE.remember(shared.state.job_timestamp, index, source)
     pp.image = result.image
-    job.params[index] = infotext_params(args, result.settings, default_prompts())
+    job.params[index] = {
+        **infotext_params(args, result.settings, default_prompts()),
+        "Size": f"{result.image.width}x{result.image.height}",
+        GENERATION_SIZE_KEY: f"{p.width}x{p.height}",
+    }
 
 
 def _save_before(p, image, position: int) -> None:
@@ -151,3 +167,13 @@ def postprocess(p) -> None:
     job = job_of(p)
     if job is not None and job.skip is not None:
         job.skip.restore(p)
+
+
+def infotext_pasted(infotext: str, params: dict[str, Any]) -> None:
+    """``on_infotext_pasted``: width and height come back as the generation's, not the upscaled image's."""
+    size = params.get(GENERATION_SIZE_KEY)
+    if not isinstance(size, str) or "x" not in size:
+        return
+    width, _, height = size.partition("x")
+    if width.strip().isdigit() and height.strip().isdigit():
+        params["Size-1"], params["Size-2"] = width.strip(), height.strip()

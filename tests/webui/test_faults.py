@@ -75,7 +75,9 @@ def test_exception_inside_sampling(webui, monkeypatch):
     monkeypatch.setitem(sampling.SAMPLERS, "restore_edm", failing)
     _, processed = txt2img(webui, batch_size=1)
     assert "SUPIR failed (RuntimeError: boom in step 1)" in processed.comments
-    assert params_of(processed.infotexts[0])["SUPIR error"].startswith("SUPIR failed (RuntimeError: boom")
+    params = params_of(processed.infotexts[0])
+    assert params["SUPIR error"].startswith("SUPIR failed (RuntimeError: boom")
+    assert params["Size"] == "32x32" and "SUPIR generation size" not in params  # the kept image's size
     assert_restored(webui, runs=1)
     assert_kept(webui, processed)
 

@@ -76,6 +76,13 @@ def test_txt2img_batch_of_two_is_upscaled_saved_and_described(webui, upscale_cal
     assert first["SUPIR seed"] != second["SUPIR seed"]
     assert "SUPIR positive prompt" not in first  # the Settings default is not repeated in every infotext
     assert images.saved[0]["info"] == processed.infotexts[0]
+    # "Size" is the image's own size; the generation's is kept under its own key and pastes back as it was
+    assert (first["Size"], first["SUPIR generation size"]) == ("64x64", "32x32")
+    from modules import script_callbacks
+
+    pasted = {"Size-1": "64", "Size-2": "64", "SUPIR generation size": "32x32"}
+    script_callbacks.infotext_pasted_callback(processed.infotexts[0], pasted)
+    assert (pasted["Size-1"], pasted["Size-2"]) == ("32", "32")
 
 
 def test_progress_shows_supir_stages_and_steps(webui):
@@ -144,7 +151,8 @@ def test_img2img_skip_upscales_the_input_without_a_generation(webui, upscale_cal
     assert [(s["image"].size, s["suffix"]) for s in images.saved] == [((80, 80), "")]  # no throwaway saved
     params = params_of(processed.infotexts[0])
     assert (
-        params["Size"] == "48x48"
+        params["Size"] == "80x80"  # the image's real size; the generation's is kept beside it
+        and params["SUPIR generation size"] == "48x48"
         and params["SUPIR skip img2img"] == "True"
         and "Face restoration" not in params
     )

@@ -39,6 +39,14 @@ def on_script_unloaded(callback, *, name=None):
     _add("script_unloaded", callback)
 
 
+def on_infotext_pasted(callback, *, name=None):
+    _add("infotext_pasted", callback)
+
+
+def infotext_pasted_callback(infotext, params):
+    _run("infotext_pasted", infotext, params)
+
+
 def app_started_callback(demo, app):
     _run("app_started", demo, app)
 
