@@ -178,3 +178,24 @@
         TABS.forEach(update);
     });
 })();
+
+// The status line above the SUPIR controls says whether an SDXL base is there. The webui runs
+// onOptionsChanged callbacks after a checkpoint has loaded and after Settings are applied: look again then.
+(function() {
+    if (typeof onOptionsChanged !== "function") {
+        return;
+    }
+    let lastCheckpoint = null;
+    onOptionsChanged(function() {
+        const options = typeof opts === "object" && opts ? opts : {};
+        const key = JSON.stringify([options.sd_model_checkpoint, options.supir_sdxl_base, options.supir_models_path]);
+        if (key === lastCheckpoint) {
+            return;
+        }
+        lastCheckpoint = key;
+        const root = typeof gradioApp === "function" ? gradioApp() : document;
+        root.querySelectorAll("[id$='supir_refresh_status']").forEach(function(button) {
+            button.click();
+        });
+    });
+})();

@@ -36,6 +36,30 @@ class ArgumentError(SupirError):
 
 
 @dataclass(frozen=True)
+class Limit:
+    """The range of a numeric argument: the accordion's slider and the API's check both use it."""
+
+    minimum: float
+    maximum: float
+    step: float
+
+
+# One table for the UI and the API: a value the sliders cannot produce is refused from the API too.
+LIMITS: dict[str, Limit] = {
+    "scale": Limit(1.0, 8.0, 0.25),
+    "steps": Limit(1, 200, 1),
+    "cfg_scale": Limit(1.0, 15.0, 0.1),
+    "cfg_scale_start": Limit(0.0, 15.0, 0.1),
+    "control_scale": Limit(0.0, 2.0, 0.01),
+    "control_scale_start": Limit(0.0, 2.0, 0.01),
+    "restoration_scale": Limit(-1.0, 20.0, 0.5),
+    "s_churn": Limit(0.0, 40.0, 1.0),
+    "s_noise": Limit(1.0, 1.1, 0.001),
+    "seed": Limit(-1, 2**32 - 1, 1),
+}
+
+
+@dataclass(frozen=True)
 class SupirArgs:
     enabled: bool = False
     model: str = "SUPIR-v0Q"
@@ -66,15 +90,18 @@ class SupirArgs:
         if model_variant(self.model) is None:
             problems.append(f"model must be one of {', '.join(MODEL_NAMES)}, got {self.model!r}")
         if self.prompt_source not in PROMPT_SOURCES:
-            problems.append(f"prompt_source must be one of {', '.join(PROMPT_SOURCES)}")
+            problems.append(
+                f"prompt_source must be one of {', '.join(PROMPT_SOURCES)}, got {self.prompt_source!r}"
+            )
         if self.sampler not in SAMPLER_NAMES:
             problems.append(f"sampler must be one of {', '.join(SAMPLER_NAMES)}, got {self.sampler!r}")
         if self.color_fix.lower() not in COLOR_FIXES:
             problems.append(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {self.color_fix!r}")
-        if not 0 < self.scale <= 16:
-            problems.append(f"scale must be in (0, 16], got {self.scale}")
-        if not 1 <= self.steps <= 1000:
-            problems.append(f"steps must be between 1 and 1000, got {self.steps}")
+        for name, limit in LIMITS.items():
+            value = getattr(self, name)
+            if not limit.minimum <= value <= limit.maximum:
+                allowed = f"between {limit.minimum:g} and {limit.maximum:g}"
+                problems.append(f"{name} must be {allowed}, got {value!r}")
         if problems:
             raise ArgumentError("SUPIR arguments: " + "; ".join(problems))
 
@@ -108,10 +135,17 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, str):
             return value.strip().lower() in ("true", "1", "yes", "on")
         return bool(value)
-    if kind == "int":
-        return int(float(value))
-    if kind == "float":
-        return float(value)
+    if kind in ("int", "float"):
+        if isinstance(value, bool):
+            raise TypeError("a boolean is not a number")
+        number = float(value)
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError("not a finite number")
+        if kind == "int":
+            if number != int(number):
+                raise ValueError("not a whole number")
+            return int(number)
+        return number
     return str(value)
 
 

@@ -72,7 +72,11 @@ def process(p, values: Sequence[Any], is_img2img: bool) -> None:
     try:
         args = from_values(values, default_args())
     except ArgumentError as exc:
-        p.comment(str(exc))
+        if _asks_for_supir(values):  # SUPIR was wanted: the image stays as it is, and everyone is told why
+            message = f"{exc}. The image was left as generated."
+            log.warning("SUPIR: %s", message)
+            p.comment(f"SUPIR: {message}")
+            p.extra_generation_params[ERROR_KEY] = message
         return
     if not args.enabled:
         return
@@ -89,6 +93,16 @@ def process(p, values: Sequence[Any], is_img2img: bool) -> None:
             p.extra_generation_params[key] = job.infotext_value(key)
         p.extra_generation_params["Size"] = job.size_value(p)
     setattr(p, JOB_ATTRIBUTE, job)
+
+
+def _asks_for_supir(values: Sequence[Any]) -> bool:
+    """Whether the raw ``enabled`` argument turns SUPIR on (it may be all that could be read)."""
+    if not values:
+        return False
+    enabled = values[0]
+    if isinstance(enabled, str):
+        return enabled.strip().lower() in ("true", "1", "yes", "on")
+    return bool(enabled)
 
 
 def before_process_batch(p) -> None:

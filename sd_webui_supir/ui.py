@@ -18,6 +18,7 @@ from .args import (
     ARG_NAMES,
     DERIVED_FIELDS,
     INFOTEXT_KEYS,
+    LIMITS,
     MODEL_NAMES,
     PROMPT_SOURCES,
     SupirArgs,
@@ -55,11 +56,21 @@ def status_html() -> str:
     return f"<ul class='supir-status'>{''.join(lines)}</ul>"
 
 
+def _slider(name: str, value: float, label: str, elem_id: str) -> Any:
+    limit = LIMITS[name]
+    return gr.Slider(limit.minimum, limit.maximum, value=value, step=limit.step, label=label, elem_id=elem_id)
+
+
 def _components(defaults: SupirArgs, elem_id, is_img2img: bool, with_skip: bool) -> dict[str, Any]:
-    """Every argument's component inside the current block; ``elem_id(name)`` gives stable element ids."""
+    """Every argument's component inside the current block; ``elem_id(name)`` gives stable element ids.
+
+    On top, what people change every time (model, scale, preset, caption); the sampler's knobs and the
+    prompts wait in a closed "Advanced" group.
+    """
     c: dict[str, Any] = {}
     with gr.Row(elem_classes=["supir-status-row"]):
-        status = gr.HTML(status_html(), elem_id=elem_id("status"))
+        # A callable value is computed again on every page load (the checkpoint may have loaded since).
+        status = gr.HTML(status_html, elem_id=elem_id("status"))
         refresh = ToolButton(value=REFRESH_SYMBOL, elem_id=elem_id("refresh_status"))
     refresh.click(status_html, inputs=[], outputs=[status])
     c["refresh_status"] = refresh  # not an argument: taken out again by the callers
@@ -67,9 +78,7 @@ def _components(defaults: SupirArgs, elem_id, is_img2img: bool, with_skip: bool)
         c["model"] = gr.Radio(
             list(MODEL_NAMES), value=defaults.model, label="SUPIR model", elem_id=elem_id("model")
         )
-        c["scale"] = gr.Slider(
-            1.0, 8.0, value=defaults.scale, step=0.25, label="SUPIR upscale by", elem_id=elem_id("scale")
-        )
+        c["scale"] = _slider("scale", defaults.scale, "SUPIR upscale by", elem_id("scale"))
         preset = gr.Dropdown(
             list(PRESETS),
             value=str(opt("supir_default_preset")),
@@ -93,6 +102,13 @@ def _components(defaults: SupirArgs, elem_id, is_img2img: bool, with_skip: bool)
         c["caption"] = gr.Textbox(
             value=defaults.caption, label="Custom caption", lines=1, elem_id=elem_id("caption")
         )
+    with gr.Accordion("Advanced", open=False, elem_id=elem_id("advanced")):
+        _advanced(c, defaults, elem_id)
+    preset.change(preset_values, inputs=[preset], outputs=[c[name] for name in PRESET_FIELDS])
+    return c
+
+
+def _advanced(c: dict[str, Any], defaults: SupirArgs, elem_id) -> None:
     c["positive_prompt"] = gr.Textbox(
         value=defaults.positive_prompt,
         label="SUPIR positive prompt",
@@ -106,67 +122,34 @@ def _components(defaults: SupirArgs, elem_id, is_img2img: bool, with_skip: bool)
         elem_id=elem_id("negative_prompt"),
     )
     with gr.Row():
-        c["steps"] = gr.Slider(
-            1, 200, value=defaults.steps, step=1, label="SUPIR steps", elem_id=elem_id("steps")
-        )
+        c["steps"] = _slider("steps", defaults.steps, "SUPIR steps", elem_id("steps"))
         c["sampler"] = gr.Dropdown(
             list(SAMPLER_NAMES), value=defaults.sampler, label="SUPIR sampler", elem_id=elem_id("sampler")
         )
     with gr.Row():
-        c["cfg_scale"] = gr.Slider(
-            1.0,
-            15.0,
-            value=defaults.cfg_scale,
-            step=0.1,
-            label="SUPIR CFG scale",
-            elem_id=elem_id("cfg_scale"),
-        )
+        c["cfg_scale"] = _slider("cfg_scale", defaults.cfg_scale, "SUPIR CFG scale", elem_id("cfg_scale"))
         c["linear_cfg"] = gr.Checkbox(
             value=defaults.linear_cfg, label="Linear CFG", elem_id=elem_id("linear_cfg")
         )
-        c["cfg_scale_start"] = gr.Slider(
-            0.0,
-            15.0,
-            value=defaults.cfg_scale_start,
-            step=0.1,
-            label="CFG start",
-            elem_id=elem_id("cfg_start"),
+        c["cfg_scale_start"] = _slider(
+            "cfg_scale_start", defaults.cfg_scale_start, "CFG start", elem_id("cfg_start")
         )
     with gr.Row():
-        c["control_scale"] = gr.Slider(
-            0.0,
-            2.0,
-            value=defaults.control_scale,
-            step=0.05,
-            label="Control scale",
-            elem_id=elem_id("control"),
+        c["control_scale"] = _slider(
+            "control_scale", defaults.control_scale, "Control scale", elem_id("control")
         )
         c["linear_control"] = gr.Checkbox(
             value=defaults.linear_control, label="Linear control scale", elem_id=elem_id("linear_control")
         )
-        c["control_scale_start"] = gr.Slider(
-            0.0,
-            2.0,
-            value=defaults.control_scale_start,
-            step=0.05,
-            label="Control start",
-            elem_id=elem_id("ctl_start"),
+        c["control_scale_start"] = _slider(
+            "control_scale_start", defaults.control_scale_start, "Control start", elem_id("ctl_start")
         )
     with gr.Row():
-        c["restoration_scale"] = gr.Slider(
-            -1.0,
-            20.0,
-            value=defaults.restoration_scale,
-            step=0.5,
-            label="Restoration scale",
-            elem_id=elem_id("rs"),
+        c["restoration_scale"] = _slider(
+            "restoration_scale", defaults.restoration_scale, "Restoration scale", elem_id("rs")
         )
-        c["s_churn"] = gr.Slider(
-            0.0, 40.0, value=defaults.s_churn, step=1.0, label="S-churn", elem_id=elem_id("churn")
-        )
-        c["s_noise"] = gr.Slider(
-            1.0, 1.1, value=defaults.s_noise, step=0.001, label="S-noise", elem_id=elem_id("s_noise")
-        )
+        c["s_churn"] = _slider("s_churn", defaults.s_churn, "S-churn", elem_id("churn"))
+        c["s_noise"] = _slider("s_noise", defaults.s_noise, "S-noise", elem_id("s_noise"))
     with gr.Row():
         c["seed"] = gr.Number(
             value=defaults.seed, precision=0, label="SUPIR seed (-1: random)", elem_id=elem_id("seed")
@@ -180,8 +163,6 @@ def _components(defaults: SupirArgs, elem_id, is_img2img: bool, with_skip: bool)
         c["denoise_stage"] = gr.Checkbox(
             value=defaults.denoise_stage, label="Stage 1 (denoise encoder)", elem_id=elem_id("denoise_stage")
         )
-    preset.change(preset_values, inputs=[preset], outputs=[c[name] for name in PRESET_FIELDS])
-    return c
 
 
 def script_ui(script, is_img2img: bool) -> list[Any]:

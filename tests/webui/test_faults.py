@@ -99,3 +99,42 @@ def test_interrupt_or_skip_at_sampler_step_k(webui, press):
     assert all(e.startswith("SUPIR was interrupted") for e in errors) and len(errors) == 2
     assert_restored(webui, runs=1)  # the second image of the batch is not even tried
     assert_kept(webui, processed, n=2)
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ({"scale": "abc"}, "scale must be a number, got 'abc'"),
+        ({"model": "SUPIR-v0X"}, "model must be one of SUPIR-v0Q, SUPIR-v0F, got 'SUPIR-v0X'"),
+        ({"scale": 0}, "scale must be between 1 and 8, got 0.0"),
+        ({"scale": -1}, "scale must be between 1 and 8, got -1.0"),
+        ({"scale": 100}, "scale must be between 1 and 8, got 100.0"),
+        ({"steps": 0}, "steps must be between 1 and 200, got 0"),
+        ({"sampler": "euler"}, "sampler must be one of restore_edm, restore_dpmpp_2m, got 'euler'"),
+        ({"prompt_source": "Florence"}, "prompt_source must be one of Generation prompt, Custom caption"),
+    ],
+)
+def test_invalid_api_arguments_are_reported_not_ignored(webui, caplog, bad, named):
+    """alwayson_scripts with a bad value: the image is kept, and the infotext, page and console say why."""
+    with caplog.at_level("WARNING"):
+        _, processed = txt2img(webui, batch_size=1, **bad)
+    params = params_of(processed.infotexts[0])
+    assert named in params["SUPIR error"]
+    assert named in processed.comments
+    assert any(named in r.getMessage() for r in caplog.records)
+    assert_kept(webui, processed)
+
+
+def test_the_ui_and_the_api_share_one_table_of_limits(webui):
+    from sd_webui_supir.args import ARG_NAMES, LIMITS, ArgumentError, SupirArgs
+
+    script = scripts.scripts_txt2img.scripts[0]
+    components = dict(zip(ARG_NAMES, script.controls))
+    for name, limit in LIMITS.items():
+        if name == "seed":  # a number box, not a slider
+            continue
+        slider = components[name]
+        assert (slider.minimum, slider.maximum, slider.step) == (limit.minimum, limit.maximum, limit.step)
+        SupirArgs(**{name: limit.maximum})  # the slider's end is accepted by the API
+        with pytest.raises(ArgumentError, match=name):
+            SupirArgs(**{name: limit.maximum + limit.step})

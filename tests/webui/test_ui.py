@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 from modules import scripts, shared
 
-from sd_webui_supir.args import ARG_NAMES, INFOTEXT_KEYS
+from sd_webui_supir.args import ARG_NAMES, INFOTEXT_KEYS, SupirArgs
 from sd_webui_supir.options import DEFAULTS, SECTION
 
 
@@ -103,3 +103,81 @@ def test_every_label_has_a_tooltip(webui):
     script_js = (Path(__file__).resolve().parents[2] / "javascript" / "supir.js").read_text()
     labels = {c.label for c in scripts.scripts_txt2img.scripts[0].controls} - {"SUPIR"}
     assert all(f'"{label}":' in script_js for label in labels), labels
+
+
+def _blocks_of(block):
+    yield block
+    for child in getattr(block, "children", []) or []:
+        yield from _blocks_of(child)
+
+
+def test_status_line_is_computed_on_every_page_load(webui, monkeypatch):
+    """Not once at start-up: a value given as a callable is computed again when a page loads."""
+    from sd_webui_supir import ui
+
+    calls = []
+    monkeypatch.setattr(ui, "model_status", lambda: calls.append(1) or _status())
+    with gr.Blocks() as root:
+        ui._components(SupirArgs(), lambda name: f"t_{name}", False, with_skip=False)
+    status = next(b for b in _blocks_of(root) if getattr(b, "elem_id", None) == "t_status")
+    load = status.load_event_to_attach
+    assert load is not None and load[0] is ui.status_html
+    before = len(calls)
+    assert "SUPIR-v0Q" in load[0]()  # what the page shows when it loads
+    assert len(calls) == before + 1
+
+
+def _status():
+    return {
+        "models": [{"name": "SUPIR-v0Q", "file": "x"}],
+        "missing": [],
+        "how_to_get": "",
+        "sdxl_problem": None,
+    }
+
+
+def test_sampler_knobs_wait_in_a_closed_advanced_group(webui):
+    from sd_webui_supir import ui
+
+    with gr.Blocks() as root:
+        c = ui._components(SupirArgs(), lambda name: f"a_{name}", False, with_skip=False)
+    advanced = next(b for b in _blocks_of(root) if getattr(b, "elem_id", None) == "a_advanced")
+    inside = {id(b) for b in _blocks_of(advanced)}
+    for name in ("steps", "cfg_scale", "s_noise", "positive_prompt", "negative_prompt", "seed"):
+        assert id(c[name]) in inside, name
+    for name in ("model", "scale", "prompt_source", "caption"):
+        assert id(c[name]) not in inside, name
+    assert advanced.open is False
+
+
+def test_status_line_refreshes_after_a_checkpoint_loads():
+    """supir.js clicks the refresh buttons when the webui's options change (checkpoint loaded, Settings)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("Node.js is not installed")
+    script = (Path(__file__).resolve().parents[2] / "javascript" / "supir.js").read_text()
+    harness = """
+const callbacks = [];
+let clicks = 0;
+globalThis.onOptionsChanged = (fn) => callbacks.push(fn);
+globalThis.onAfterUiUpdate = () => {};
+globalThis.window = {addEventListener: () => {}};
+globalThis.opts = {sd_model_checkpoint: "sdxl.safetensors"};
+globalThis.gradioApp = () => ({querySelectorAll: (sel) =>
+    sel === "[id$='supir_refresh_status']" ? [{click: () => clicks++}, {click: () => clicks++}] : []});
+SCRIPT
+const run = () => callbacks.forEach((fn) => fn());
+run(); const first = clicks;
+run(); const same = clicks;
+opts.sd_model_checkpoint = "other.safetensors"; run();
+console.log(JSON.stringify([first, same, clicks]));
+""".replace("SCRIPT", script)
+    out = subprocess.run([node, "-e", harness], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[2,2,4]"  # both tabs on a change, nothing when nothing changed
