@@ -20,6 +20,7 @@ import binascii
 import dataclasses
 import io
 import logging
+import warnings
 from secrets import compare_digest
 from typing import Any
 
@@ -31,6 +32,7 @@ from pydantic import BaseModel, Field
 
 from supir_engine.errors import CancelledError, CheckpointNotFoundError, SupirError
 from supir_engine.infotext import infotext_line
+from supir_engine.preprocess import MAX_PIXELS, MAX_SIDE
 from supir_engine.settings import preset_key
 
 from . import runner
@@ -68,14 +70,44 @@ class UpscaleResponse(BaseModel):
 
 
 def decode_image(data: str) -> Image.Image:
+    """The request's image; 400 for data that is not an image, 413 for one too large to upscale."""
     if data.startswith("data:") and "," in data:
         data = data.split(",", 1)[1]
     try:
-        image = Image.open(io.BytesIO(base64.b64decode(data, validate=False)))
-        image.load()
-    except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as exc:
-        raise HTTPException(status_code=400, detail=f"image is not a base64-encoded image ({exc})") from exc
+        raw = base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError) as exc:
+        raise HTTPException(status_code=400, detail=f"'image' is not valid base64 ({exc})") from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw))
+            _check_input_size(*image.size)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow refuses sizes far beyond ours before we can look: say it in our terms
+        raise HTTPException(status_code=413, detail=_too_large(None)) from exc
+    except UnidentifiedImageError as exc:
+        raise HTTPException(
+            status_code=400,
+            detail=f"'image' is not an image: {len(raw):,} bytes after base64 decoding that no image reader "
+            "recognises. Send a PNG, JPEG or WebP file, base64-encoded.",
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise HTTPException(status_code=400, detail=f"'image' could not be read ({exc})") from exc
     return image
+
+
+def _too_large(size: tuple[int, int] | None) -> str:
+    given = f" ({size[0]}x{size[1]})" if size else ""
+    return (
+        f"the image{given} is too large: SUPIR takes inputs of at most {MAX_SIDE} pixels a side and "
+        f"{MAX_PIXELS // 2**20} megapixels. Send a smaller image."
+    )
+
+
+def _check_input_size(width: int, height: int) -> None:
+    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+        raise HTTPException(status_code=413, detail=_too_large((width, height)))
 
 
 def encode_png(image: Image.Image, infotext: str) -> str:

@@ -37,6 +37,12 @@ NOT_SDXL = (
     "(sd_xl_base_1.0 or a fine-tune such as Juggernaut-XL; the SUPIR authors recommend these), or choose a "
     "file in Settings > SUPIR > 'SDXL base model SUPIR runs on'."
 )
+# Where webui users put the SUPIR files (the standalone CLI's --supir flag means nothing here).
+HOW_TO_GET_SUPIR_WEBUI = HOW_TO_GET_SUPIR.replace(
+    ", or pass its path with --supir",
+    " (another folder can be chosen in Settings > SUPIR > 'Folder of the SUPIR model files' or with "
+    "--supir-models-path), then press the 🔄 button next to the SUPIR status line",
+)
 NO_CHECKPOINT = (
     "no checkpoint is loaded. Load an SDXL checkpoint, or choose an SDXL file in Settings > SUPIR > "
     "'SDXL base model SUPIR runs on'."
@@ -59,7 +65,7 @@ def supir_files() -> dict[str, Path]:
     found = {}
     for variant in ("Q", "F"):
         with contextlib.suppress(CheckpointNotFoundError):
-            found[variant] = find_supir(models_dir(), variant)
+            found[variant] = find_supir(models_dir(), variant, HOW_TO_GET_SUPIR_WEBUI)
     return found
 
 
@@ -115,7 +121,7 @@ def resolve_base() -> SDXLSource:
 def preflight(variant: str) -> str | None:
     """Why SUPIR cannot run right now (missing file, no SDXL base), or None; cheap, reads no weights."""
     try:
-        find_supir(models_dir(), variant)
+        find_supir(models_dir(), variant, HOW_TO_GET_SUPIR_WEBUI)
         return None if configured_base() is not None else loaded_base_problem()
     except SupirError as exc:
         return str(exc)
@@ -141,7 +147,7 @@ def model_status() -> dict[str, Any]:
         "models_dir": str(folder),
         "models": [{"name": model_name(v), "variant": v, "file": str(p)} for v, p in found.items()],
         "missing": [model_name(v) for v in ("Q", "F") if v not in found],
-        "how_to_get": HOW_TO_GET_SUPIR.format(folder=folder).replace(", or pass its path with --supir", ""),
+        "how_to_get": HOW_TO_GET_SUPIR_WEBUI.format(folder=folder),
         "sdxl_base": str(opt("supir_sdxl_base")),
         "sdxl_problem": problem,
     }
@@ -233,7 +239,7 @@ def upscale(
     host = WebuiHost(label)
     host.before_restore.append(lambda: _after_run(host))
     with _Loaded.lock, host.lease():
-        supir_file = find_supir(models_dir(), variant)
+        supir_file = find_supir(models_dir(), variant, HOW_TO_GET_SUPIR_WEBUI)
         device = devices.get_device_for("supir")
         model = CACHE.get(resolve_base(), supir_file, load_options(device))
         pipeline = _pipeline(model, device)

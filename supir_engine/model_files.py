@@ -38,11 +38,12 @@ def _find(folder: Path, patterns: tuple[str, ...]) -> Path | None:
     return None
 
 
-def find_supir(folder: Path, variant: str = "Q") -> Path:
+def find_supir(folder: Path, variant: str = "Q", how_to_get: str = HOW_TO_GET_SUPIR) -> Path:
+    """The SUPIR-v0Q/F file in ``folder``; when missing, ``how_to_get`` ({folder}) says what to do."""
     found = _find(folder, SUPIR_PATTERNS[variant.upper()])
     if found is None:
         raise CheckpointNotFoundError(
-            f"no SUPIR-v0{variant.upper()} model found. " + HOW_TO_GET_SUPIR.format(folder=folder)
+            f"no SUPIR-v0{variant.upper()} model found. " + how_to_get.format(folder=folder)
         )
     return found
 

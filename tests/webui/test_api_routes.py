@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
 import threading
 import time
+import zlib
 
 import pytest
 from PIL import Image
@@ -57,18 +59,33 @@ def test_upscale_route(webui):
     assert_restored(webui, runs=1)
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size and holds no pixels: enough for a reader to see how large it is."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
 @pytest.mark.parametrize(
     ("change", "status", "text"),
     [
         ({"model": "SUPIR-v0X"}, 422, "model must be one of"),
         ({"args": {"steps": "many"}}, 422, "steps must be a whole number"),
         ({"args": {"colour": 1}}, 422, "unknown SUPIR argument"),
-        ({"image": "not base64 at all"}, 400, "not a base64-encoded image"),
+        ({"image": "not base64 at all"}, 400, "'image' is not"),
+        ({"image": base64.b64encode(b"just some text\n" * 20).decode()}, 400, "'image' is not an image"),
+        ({"image": base64.b64encode(_png_header(9000, 16)).decode()}, 413, "at most 8192 pixels a side"),
+        ({"image": base64.b64encode(_png_header(20000, 20000)).decode()}, 413, "too large"),
     ],
 )
 def test_upscale_route_rejects_bad_requests(webui, change, status, text):
     response = client().post("/supir/v1/upscale", json={**REQUEST, **change})
-    assert response.status_code == status and text in response.json()["detail"]
+    detail = response.json()["detail"]
+    assert response.status_code == status and text in detail, detail
+    assert "object at 0x" not in detail and "Traceback" not in detail
 
 
 def test_missing_model_is_404_with_where_to_get_it(webui, tmp_path):
@@ -77,7 +94,9 @@ def test_missing_model_is_404_with_where_to_get_it(webui, tmp_path):
         response = client().post("/supir/v1/upscale", json=REQUEST)
     finally:
         shared.opts.supir_models_path = ""
-    assert response.status_code == 404 and "github.com/Fanghua-Yu/SUPIR" in response.json()["detail"]
+    detail = response.json()["detail"]
+    assert response.status_code == 404 and "github.com/Fanghua-Yu/SUPIR" in detail
+    assert "Settings > SUPIR" in detail and "pass its path with --supir" not in detail  # webui terms
 
 
 def test_api_auth_is_honoured(webui):
