@@ -7,10 +7,13 @@
 - ``GET /supir/v1/before/{job_timestamp}/{index}``: a generated image as it was before SUPIR (PNG), for the
   gallery's before/after comparison.
 
-They honour ``--api-auth`` as the webui's own routes do, and an upscale takes the webui's queue lock,
-so it waits for (and holds off) every other GPU job. The ``before`` route serves the page's own script,
-so it follows the page's login (``--gradio-auth``) instead: a browser would pop up a password dialog
-for an API login.
+Who may call them: with ``--api-auth``, its users (as the webui's own routes); otherwise, with
+``--gradio-auth``, whoever is logged in to the page (its session cookie), so a protected page on a
+``--listen`` server never leaves SUPIR's routes open. With no login configured at all, answers never carry
+absolute server paths (the models folder and files are named relative to the webui's folders). An upscale
+takes the webui's queue lock, so it waits for (and holds off) every other GPU job. The ``before`` route
+serves the page's own script, so it always follows the page's login: a browser would pop up a password
+dialog for an API login.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import io
 import logging
 import warnings
+from pathlib import Path
 from secrets import compare_digest
 from typing import Any
 
@@ -169,6 +174,51 @@ def status() -> dict[str, Any]:
     return {"busy": runner.is_busy(), "cache": runner.CACHE.describe(), "job": shared.state.job}
 
 
+def _path_labels() -> list[tuple[str, str]]:
+    """Absolute folders and what to call them instead, the most specific first."""
+    from modules import paths
+
+    folders = [
+        (str(runner.models_dir()), "<SUPIR models folder>"),
+        (str(getattr(paths, "models_path", "")), "<webui models>"),
+        (str(getattr(paths, "data_path", "")), "<webui data>"),
+        (str(getattr(paths, "script_path", "")), "<webui>"),
+    ]
+    resolved = []
+    for folder, label in folders:
+        if folder and folder not in (".", ""):
+            resolved += [(folder, label), (str(Path(folder).resolve()), label)]
+    return sorted(set(resolved), key=lambda item: -len(item[0]))
+
+
+def without_paths(value: Any, labels: list[tuple[str, str]] | None = None) -> Any:
+    """``value`` (JSON-like) with the server's absolute folders replaced by their names."""
+    labels = _path_labels() if labels is None else labels
+    if isinstance(value, str):
+        for folder, label in labels:
+            value = value.replace(folder, label)
+        return value
+    if isinstance(value, dict):
+        return {k: without_paths(v, labels) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_paths(v, labels) for v in value]
+    return value
+
+
+def _anonymous(handler):
+    """A route handler whose answers (and error details) carry no absolute paths."""
+
+    @functools.wraps(handler)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return without_paths(handler(*args, **kwargs))
+        except HTTPException as exc:
+            exc.detail = without_paths(exc.detail)
+            raise
+
+    return wrapped
+
+
 def arguments() -> list[dict[str, Any]]:
     defaults = default_args()
     return [
@@ -227,16 +277,18 @@ def mount(app: FastAPI) -> None:
         dependencies=page_login_dependencies(app),
         include_in_schema=False,
     )
-    dependencies = auth_dependencies()
+    dependencies = auth_dependencies() or page_login_dependencies(app)
+    # No login at all: anyone who reaches the server may call these, so they name no server folders.
+    guard = (lambda handler: handler) if dependencies else _anonymous
     app.add_api_route(
         f"{PREFIX}/upscale",
-        upscale,
+        guard(upscale),
         methods=["POST"],
         response_model=UpscaleResponse,
         dependencies=dependencies,
     )
-    app.add_api_route(f"{PREFIX}/models", models, methods=["GET"], dependencies=dependencies)
-    app.add_api_route(f"{PREFIX}/status", status, methods=["GET"], dependencies=dependencies)
+    app.add_api_route(f"{PREFIX}/models", guard(models), methods=["GET"], dependencies=dependencies)
+    app.add_api_route(f"{PREFIX}/status", guard(status), methods=["GET"], dependencies=dependencies)
     app.add_api_route(f"{PREFIX}/args", arguments, methods=["GET"], dependencies=dependencies)
 
 

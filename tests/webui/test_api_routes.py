@@ -18,6 +18,8 @@ pytest.importorskip("httpx", reason="httpx is not installed: FastAPI's TestClien
 from fastapi.testclient import TestClient  # noqa: E402
 from modules import call_queue, script_callbacks, shared  # noqa: E402
 
+from sd_webui_supir import runner  # noqa: E402
+
 from .test_generation import assert_restored  # noqa: E402
 
 
@@ -180,3 +182,33 @@ def test_before_store_drops_the_oldest_beyond_its_limit():
     assert store.get("job", 4).getpixel((0, 0)) == (4, 0, 0)
     store.remember("job", 9, Image.new("RGB", (100, 100)))  # larger than the whole limit: not kept
     assert store.get("job", 9) is None and len(store) == 3
+
+
+def test_page_login_protects_the_api_when_no_api_auth_is_set(webui):
+    """--gradio-auth on a --listen server: SUPIR's routes follow the page's login, not left open."""
+    app = fastapi.FastAPI()
+    app.auth = [("alice", "pw")]
+    app.tokens = {"token-of-alice": "alice"}
+    script_callbacks.app_started_callback(None, app)
+    api = TestClient(app)
+    for route in ("/supir/v1/models", "/supir/v1/status", "/supir/v1/args"):
+        assert api.get(route).status_code == 401, route
+    assert api.post("/supir/v1/upscale", json=REQUEST).status_code == 401
+    api.cookies.set("access-token", "token-of-alice")
+    body = api.get("/supir/v1/models").json()
+    assert body["models_dir"] == str(runner.models_dir())  # a logged-in user sees where the files are
+
+
+def test_without_any_login_answers_name_no_server_paths(webui, tmp_path):
+    from modules import paths
+
+    api = client()
+    text = api.get("/supir/v1/models").text
+    assert str(runner.models_dir()) not in text and str(paths.data_path) not in text
+    assert "<SUPIR models folder>" in text and "SUPIR-v0Q" in text
+    shared.opts.supir_models_path = str(tmp_path)  # errors too: the missing-model 404 names no folder
+    try:
+        detail = api.post("/supir/v1/upscale", json=REQUEST).json()["detail"]
+    finally:
+        shared.opts.supir_models_path = ""
+    assert str(tmp_path) not in detail and "<SUPIR models folder>" in detail
