@@ -31,6 +31,7 @@ ERROR_KEY = "SUPIR error"
 # The webui's "Size" is the generation size; on an image SUPIR enlarged it says the image's real size, and
 # the generation size moves to this key (pasting an infotext restores width and height from it).
 GENERATION_SIZE_KEY = "SUPIR generation size"
+SKIPPED = "SUPIR was skipped for this image (Skip); it was kept as generated."
 
 
 @dataclass
@@ -124,7 +125,7 @@ def postprocess_image(p, pp) -> None:
         return
     args, position = job.args, p.batch_index
     index = p.iteration * p.batch_size + position
-    if shared.state.interrupted or shared.state.skipped:
+    if shared.state.interrupted or shared.state.skipped:  # Skip pressed while the webui generated this job
         job.failed(p, index, runner.user_message(CancelledError("stopped before SUPIR")))
         return
     source = input_image(p, position) if job.skip is not None else pp.image
@@ -142,6 +143,10 @@ def postprocess_image(p, pp) -> None:
         result = runner.upscale(source.convert("RGB"), settings, args.variant, label=shared.state.job)
     except Exception as exc:  # the webui would only log it: show it, and keep the image
         message = runner.user_message(exc)
+        if isinstance(exc, CancelledError) and shared.state.skipped and not shared.state.interrupted:
+            # Skip ends this image's SUPIR job, as the webui's Skip ends one job; the next image goes on.
+            shared.state.skipped = False
+            message = SKIPPED
         if not isinstance(exc, SupirError):
             log.exception("SUPIR failed")
         log.warning(message)

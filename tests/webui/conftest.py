@@ -157,3 +157,20 @@ def fresh(request):
     sd_models.model_data.set_sd_model(webui.sdxl)
     yield
     sd_models.model_data.set_sd_model(webui.sdxl)
+
+
+@pytest.fixture
+def upscale_calls(monkeypatch):
+    """Every runner.upscale call: (input image, settings asked, settings used)."""
+    from sd_webui_supir import runner
+
+    calls = []
+    real = runner.upscale
+
+    def spy(image, settings, variant, label="SUPIR"):
+        result = real(image, settings, variant, label)
+        calls.append((image.copy(), settings, result.settings))
+        return result
+
+    monkeypatch.setattr(runner, "upscale", spy)
+    return calls

@@ -44,7 +44,7 @@ def test_missing_supir_file(webui, tmp_path):
         shared.opts.supir_models_path = ""
     assert "no SUPIR-v0Q model found" in processed.comments
     assert "github.com/Fanghua-Yu/SUPIR" in processed.comments and str(tmp_path) in processed.comments
-    assert "SUPIR model" not in processed.infotexts[0]
+    assert "SUPIR model:" not in processed.infotexts[0]
     # the API's "info" has no comments, but it has the infotexts
     assert params_of(processed.infotexts[0])["SUPIR error"].startswith("no SUPIR-v0Q model found")
     assert sd_models.calls == [] and webui.sdxl.device.type == "cuda"  # nothing was even tried
@@ -82,13 +82,12 @@ def test_exception_inside_sampling(webui, monkeypatch):
     assert_kept(webui, processed)
 
 
-@pytest.mark.parametrize("press", ["interrupt", "skip"])
-def test_interrupt_or_skip_at_sampler_step_k(webui, press):
+def test_interrupt_at_sampler_step_k_stops_the_rest_of_the_batch(webui):
     k = 2
 
     def on_change(state, name, value):
         if name == "sampling_step" and value == k and state.job.startswith("SUPIR"):
-            getattr(state, press)()
+            state.interrupt()
 
     shared.state.on_change = on_change
     _, processed = txt2img(webui, batch_size=2, steps=6)
@@ -99,6 +98,21 @@ def test_interrupt_or_skip_at_sampler_step_k(webui, press):
     assert all(e.startswith("SUPIR was interrupted") for e in errors) and len(errors) == 2
     assert_restored(webui, runs=1)  # the second image of the batch is not even tried
     assert_kept(webui, processed, n=2)
+
+
+def test_skip_at_sampler_step_k_skips_that_image_only(webui, upscale_calls):
+    def on_change(state, name, value):
+        if name == "sampling_step" and value == 2 and state.job == "SUPIR 1/2":
+            state.skip()
+
+    shared.state.on_change = on_change
+    _, processed = txt2img(webui, batch_size=2, steps=6)
+    first, second = (params_of(text) for text in processed.infotexts)
+    assert first["SUPIR error"].startswith("SUPIR was skipped for this image")
+    assert "SUPIR error" not in second and second["SUPIR model"] == "SUPIR-v0Q"
+    assert [im.size for im in processed.images] == [(32, 32), (64, 64)]  # image 2 was upscaled
+    assert len(upscale_calls) == 1 and not shared.state.skipped
+    assert_restored(webui, runs=2)
 
 
 @pytest.mark.parametrize(

@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from modules import images, processing, scripts, sd_models, shared
 from PIL import Image
 
 from sd_webui_supir import runner
-
-
-@pytest.fixture
-def upscale_calls(monkeypatch):
-    """Every runner.upscale call: (input image, settings asked, settings used)."""
-    calls = []
-    real = runner.upscale
-
-    def spy(image, settings, variant, label="SUPIR"):
-        result = real(image, settings, variant, label)
-        calls.append((image.copy(), settings, result.settings))
-        return result
-
-    monkeypatch.setattr(runner, "upscale", spy)
-    return calls
 
 
 def txt2img(webui, batch_size=2, n_iter=1, prompt="a photo of a <lora:film:0.7> (red cat:1.2)", **args):
