@@ -230,6 +230,28 @@ def check_serve_flags(args: argparse.Namespace) -> None:
         if not (user and sep and password):
             raise SupirError("--auth takes user:password")
     vram_budget(args)
+    check_port(args.host, args.port)
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that another server holds, before Gradio starts (it would print a misleading hint)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise SupirError(f"--host {host} is not an address of this machine ({exc})") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As the web server binds: SO_REUSEADDR, so that a port left in TIME_WAIT counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise SupirError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}): another program (or an earlier "
+                "SUPIR server) uses that port; stop it or choose another port with --port"
+            ) from exc
 
 
 def run_serve(args: argparse.Namespace) -> int:
