@@ -941,9 +941,10 @@ def run_serve(args: Any) -> int:
     except KeyboardInterrupt:
         pass
     log.info("SUPIR web UI stopped")
-    if engine is not None and engine.loading:
-        # The model is still loading in a torch thread: leaving through the interpreter's shutdown would
-        # abort in C++ (terminate); the temporary folders are gone already.
+    if engine is not None:
+        # Leaving through the interpreter's shutdown with the server's and torch's threads still around
+        # aborts in C++ ("terminate called without an active exception"); the temporary folders are gone.
+        logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
