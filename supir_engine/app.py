@@ -317,18 +317,22 @@ class UnreadableUpload:
     message: str = UNREADABLE_UPLOAD
 
 
-class CheckedImage(gr.Image):
-    """``gr.Image`` that hands an unreadable upload to the handler (:class:`UnreadableUpload`) instead of
-    failing the event in Gradio's own preprocessing, whose error lists server temp paths."""
+def checked_image(**kwargs: Any) -> gr.Image:
+    """A ``gr.Image`` that hands an unreadable upload to the handler (:class:`UnreadableUpload`) instead of
+    failing the event in Gradio's own preprocessing, whose error lists server temp paths. (Wrapped on the
+    instance: a subclass would make Gradio write a type stub next to this module.)"""
+    image = gr.Image(**kwargs)
+    preprocess = image.preprocess
 
-    is_template = True  # the page draws it as a plain Image
-
-    def preprocess(self, *args: Any, **kwargs: Any) -> Any:
+    def checked(*args: Any, **kw: Any) -> Any:
         try:
-            return super().preprocess(*args, **kwargs)
+            return preprocess(*args, **kw)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             log.info("unreadable upload: %s", exc)
             return UnreadableUpload()
+
+    image.preprocess = checked
+    return image
 
 
 def upload_path(value: Any) -> str:
@@ -641,7 +645,7 @@ class SupirApp:
             status = gr.Markdown(self.engine.status())
             with gr.Row():
                 with gr.Column():
-                    image = CheckedImage(
+                    image = checked_image(
                         label="Input image", elem_id="supir_input", **self.compat.image_input()
                     )
                     with gr.Row():

@@ -74,11 +74,11 @@ def _request():
 
 
 def test_unreadable_upload_keeps_the_previous_result(tmp_path):
-    from supir_engine.app import CheckedImage, UnreadableUpload
+    from supir_engine.app import UnreadableUpload, checked_image
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG but not an image")
-    component = CheckedImage(type="filepath", image_mode=None)
+    component = checked_image(type="filepath", image_mode=None)
     from gradio.data_classes import FileData
 
     value = component.preprocess(FileData(path=str(broken), orig_name="broken.png"))
