@@ -8,6 +8,7 @@ from typing import Any
 
 from PIL import Image
 
+from supir_engine.alpha import keep_alpha
 from supir_engine.errors import SupirError
 from supir_engine.pipeline import UpscaleResult
 
@@ -41,11 +42,7 @@ def upscale_image(
     caption, seed = caption_and_seed(image, args)
     settings = to_settings(args, runner.base_settings(), caption_prefix(caption), seed)
     result = runner.upscale(image.convert("RGB"), settings, args.variant, label=label)
-    out = result.image
-    if "A" in image.getbands():
-        out = out.copy()
-        out.putalpha(image.getchannel("A").resize(out.size, Image.LANCZOS))
-    return out, result
+    return keep_alpha(image, result.image), result
 
 
 def process(pp, values: Mapping[str, Any]) -> None:

@@ -12,7 +12,10 @@ Everything that differs between Gradio 3.41 (what the webui ships) and Gradio 4,
 import functools
 import itertools
 import logging
+import os
 import re
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -25,12 +28,13 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from .checkpoints import LoadOptions
-from .cli import DTYPES, pick_device
+from .device_select import pick_device, storage_dtype
 from .errors import CancelledError, CheckpointNotFoundError, SupirError
 from .infotext import infotext_line, to_infotext
 from .memory import budget_config
 from .model_cache import ModelCache
 from .preprocess import MAX_PIXELS, MAX_SIDE, ImageError, check_size, target_size
+from .progress import RunProgress
 from .settings import (
     COLOR_FIXES,
     LIGHTNING_NOTE,
@@ -168,11 +172,13 @@ class StopFlags:
 
 
 class ProgressHost:
-    """Host for one run: reports to a Gradio progress bar, stops when ``stop`` is set."""
+    """Host for one run: one Gradio progress bar over all stages with the time left; stops when ``stop``
+    is set."""
 
-    def __init__(self, report: Callable[..., Any] | None, stop: threading.Event):
+    def __init__(self, report: Callable[..., Any] | None, stop: threading.Event, steps: int = 1):
         self.report = report
         self.stop = stop
+        self.run = RunProgress(steps)
 
     def acquire_device(self) -> None:
         pass
@@ -183,11 +189,12 @@ class ProgressHost:
     def progress(self, stage: str, step: int, total: int) -> None:
         if self.report is None:
             return
-        label = STAGE_LABELS.get(stage, stage)
-        if stage == "sampling":
-            self.report((step, total), desc=label, unit="steps")
-        else:
-            self.report(step / max(total, 1), desc=label)
+        if stage == "load":
+            self.report(0.0, desc=STAGE_LABELS["load"])
+            return
+        self.run.update(stage, step, total)
+        description = self.run.describe()
+        self.report(self.run.fraction, desc=description[:1].upper() + description[1:])
 
     def should_stop(self) -> bool:
         return self.stop.is_set()
@@ -260,7 +267,7 @@ class Engine:
         self._state = f"loading {name} ({request.dtype})…"
         start = time.perf_counter()
         try:
-            options = LoadOptions(DTYPES[request.dtype])
+            options = LoadOptions(storage_dtype(request.dtype))
             model = self.cache.get(self.options.sdxl, self.options.supir[request.variant], options)
         except Exception as exc:
             self._state = f"failed to load {name}: {exc}"
@@ -280,10 +287,60 @@ class Engine:
 # ------------------------------------------------------------------------------------- images in and out
 
 
+DEMO_NOTE = (
+    "**Demo mode:** the models have RANDOM weights, so the result is noise, not a restoration. "
+    "It only shows that the page, the API and the pipeline run."
+)
+UNREADABLE_UPLOAD = (
+    "the upload is not a readable image (unknown format, empty, or a broken header); "
+    "upload a PNG, JPEG or WebP file"
+)
+
+
+class Rejected(gr.Error):
+    """A run that ended without a result for a reason the user caused: the page shows the message and keeps
+    the previous result; API clients get it as an error."""
+
+
+class Stopped(Rejected):
+    pass
+
+
+class BadInput(Rejected):
+    pass
+
+
+@dataclass(frozen=True)
+class UnreadableUpload:
+    """What :class:`CheckedImage` hands to the handler instead of a path when the upload is not an image."""
+
+    message: str = UNREADABLE_UPLOAD
+
+
+def checked_image(**kwargs: Any) -> gr.Image:
+    """A ``gr.Image`` that hands an unreadable upload to the handler (:class:`UnreadableUpload`) instead of
+    failing the event in Gradio's own preprocessing, whose error lists server temp paths. (Wrapped on the
+    instance: a subclass would make Gradio write a type stub next to this module.)"""
+    image = gr.Image(**kwargs)
+    preprocess = image.preprocess
+
+    def checked(*args: Any, **kw: Any) -> Any:
+        try:
+            return preprocess(*args, **kw)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            log.info("unreadable upload: %s", exc)
+            return UnreadableUpload()
+
+    image.preprocess = checked
+    return image
+
+
 def upload_path(value: Any) -> str:
     """The file path of an upload, whatever the Gradio version hands over (str, FileData, tempfile)."""
     if value is None:
-        raise gr.Error("no image given: upload an image first")
+        raise BadInput("no image given: upload an image first")
+    if isinstance(value, UnreadableUpload):
+        raise BadInput(value.message)
     if isinstance(value, dict):
         value = value.get("path") or value.get("name")
     return str(getattr(value, "name", value))
@@ -319,6 +376,11 @@ class ResultFolder:
         self.path = Path(folder) if folder is not None else Path(self._temp.name)
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+
+    def cleanup(self) -> None:
+        """Remove the temporary folder (and the results in it); an output folder is kept."""
+        if self._temp is not None:
+            self._temp.cleanup()
 
     def save(self, result, stem: str, model_name: str) -> Path:
         from .upscale_io import save_png
@@ -442,6 +504,20 @@ def _session(request: Any) -> str:
     return str(getattr(request, "session_hash", None) or "")
 
 
+def _on_page(core: Callable, show: Callable, keep: Callable) -> Callable:
+    """Like :func:`_with_outputs`, and a :class:`Rejected` run becomes ``keep(reason)`` (no red Error)."""
+
+    @functools.wraps(core)
+    def handler(*args: Any, **kwargs: Any) -> Any:
+        try:
+            outcome = core(*args, **kwargs)
+        except Rejected as reason:
+            return keep(reason)
+        return show(outcome)
+
+    return handler
+
+
 def _with_outputs(core: Callable, convert: Callable) -> Callable:
     """``core`` with its return value converted; keeps core's signature (Gradio reads the parameter names
     for the API, and the ``gr.Request`` / ``gr.Progress`` parameters it fills in)."""
@@ -456,10 +532,13 @@ def _with_outputs(core: Callable, convert: Callable) -> Callable:
 class SupirApp:
     """The handlers behind the page and the API; ``build`` lays out the page."""
 
-    def __init__(self, engine: Engine, results: ResultFolder, compat: Compat | None = None):
+    def __init__(
+        self, engine: Engine, results: ResultFolder, compat: Compat | None = None, demo: bool = False
+    ):
         self.engine = engine
         self.results = results
         self.compat = compat or Compat.installed()
+        self.demo = demo
         self.stops = StopFlags()
 
     # -------------------------------------------------------------------------------- runs
@@ -472,10 +551,14 @@ class SupirApp:
         session = _session(request)
         flag = self.stops.begin(session)
         try:
-            image = read_image(path, settings)
-            result = self.engine.upscale(image, settings, model, ProgressHost(progress, flag))
+            try:
+                image = read_image(path, settings)
+            except ImageError as exc:
+                raise BadInput(str(exc)) from exc
+            host = ProgressHost(progress, flag, settings.steps)
+            result = self.engine.upscale(image, settings, model, host)
         except CancelledError as exc:
-            raise gr.Error(f"Stopped: {exc}") from exc
+            raise Stopped(f"Stopped: {exc}") from exc
         except SupirError as exc:
             raise gr.Error(str(exc)) from exc
         finally:
@@ -557,10 +640,14 @@ class SupirApp:
         options = self.engine.options
         with gr.Blocks(title="SUPIR", analytics_enabled=False) as blocks:
             gr.Markdown("# SUPIR image restoration")
+            if self.demo:
+                gr.Markdown(DEMO_NOTE, elem_id="supir_demo_note")
             status = gr.Markdown(self.engine.status())
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(label="Input image", elem_id="supir_input", **self.compat.image_input())
+                    image = checked_image(
+                        label="Input image", elem_id="supir_input", **self.compat.image_input()
+                    )
                     with gr.Row():
                         run_button = gr.Button("Upscale", variant="primary", elem_id="supir_run")
                         stop_button = gr.Button("Stop", variant="stop", elem_id="supir_stop")
@@ -650,9 +737,16 @@ class SupirApp:
         )
         return [*images, str(outcome.path), outcome.summary, self.engine.status()]
 
+    def _keep(self, reason: Rejected) -> list[Any]:
+        """The page after a stopped or refused run: the previous result stays, the message says why."""
+        message = str(reason.message if hasattr(reason, "message") else reason)
+        (gr.Info if isinstance(reason, Stopped) else gr.Warning)(message)
+        kept = [gr.update()] * (2 if not self.compat.has_slider else 1)
+        return [*kept, gr.update(), message, self.engine.status()]
+
     def _events(self, blocks, image, inputs, buttons, comparison, download, info, status) -> None:
         run_button, stop_button = buttons
-        ui_upscale = _with_outputs(self.upscale, self._show)
+        ui_upscale = _on_page(self.upscale, self._show, self._keep)
         run_button.click(
             ui_upscale,
             inputs=[image, *inputs],
@@ -794,51 +888,89 @@ def write_demo_models(folder: Path) -> tuple[Path, dict[str, Path]]:
     return sdxl, {"Q": supir_q, "F": supir_f}
 
 
-def serve(options: ServeOptions, host: str, port: int, auth: tuple[str, str] | None = None) -> None:
-    """Start the server and block until it is stopped (Ctrl+C)."""
-    blocks, _ = create_app(options)
-    log.info("SUPIR web UI: http://%s:%d (gradio %s)", host, port, gr.__version__)
-    blocks.launch(
-        server_name=host,
-        server_port=port,
-        auth=auth,
-        allowed_paths=[str(options.output_dir)] if options.output_dir else None,
-        show_error=True,
-        inbrowser=False,
-        share=False,
-    )
+def serve(
+    options: ServeOptions, host: str, port: int, auth: tuple[str, str] | None = None, demo: bool = False
+) -> Engine:
+    """Start the server and block until it is stopped (Ctrl+C or SIGTERM); the temporary results go."""
+    results = ResultFolder(options.output_dir)
+    blocks, engine = create_app(options, demo, results)
+    url_host = f"[{host}]" if ":" in host else host
+    log.info("SUPIR web UI: http://%s:%d (gradio %s)", url_host, port, gr.__version__)
+    try:
+        blocks.launch(
+            server_name=host,
+            server_port=port,
+            auth=auth,
+            allowed_paths=[str(options.output_dir)] if options.output_dir else None,
+            show_error=True,
+            inbrowser=False,
+            share=False,
+        )
+    finally:
+        blocks.close()
+        results.cleanup()
+    return engine
 
 
-def create_app(options: ServeOptions) -> tuple[gr.Blocks, Engine]:
+def create_app(
+    options: ServeOptions, demo: bool = False, results: ResultFolder | None = None
+) -> tuple[gr.Blocks, Engine]:
     """The queued Blocks app and its engine, whose model starts loading now."""
     engine = Engine(options)
     engine.start()
-    app = SupirApp(engine, ResultFolder(options.output_dir))
+    app = SupirApp(engine, results or ResultFolder(options.output_dir), demo=demo)
     blocks = app.build()
     blocks.queue(**app.compat.queue_kwargs())
     return blocks, engine
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends the server like Ctrl+C: Gradio closes it and the temporary folders are removed."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def run_serve(args: Any) -> int:
     """``python -m supir_engine serve``; cli.py has parsed and checked the flags."""
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    with tempfile.TemporaryDirectory(prefix="supir_demo_") as tmp:
-        if args.demo:
-            sdxl, supir = write_demo_models(Path(tmp))
-            log.warning("demo: tiny models with RANDOM weights; the output is noise, not a restoration")
-        else:
-            sdxl, supir = resolve_models(args.sdxl, args.supir, args.supir_f, args.models_dir)
-        min_size = args.min_size if args.min_size is not None else (256 if args.demo else 1024)
-        options = ServeOptions(
-            sdxl,
-            supir,
-            args.model,
-            args.dtype,
-            args.device,
-            args.memory,
-            min_size,
-            args.output_dir,
-            args.vram_budget,
-        )
-        serve(options, args.host, args.port, auth)
+    _stop_on_sigterm()
+    engine = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="supir_demo_") as tmp:
+            engine = _serve_in(Path(tmp), args, auth)
+    except KeyboardInterrupt:
+        pass
+    log.info("SUPIR web UI stopped")
+    if engine is not None:
+        # Leaving through the interpreter's shutdown with the server's and torch's threads still around
+        # aborts in C++ ("terminate called without an active exception"); the temporary folders are gone.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
+
+
+def _serve_in(tmp: Path, args: Any, auth: tuple[str, str] | None) -> Engine:
+    if args.demo:
+        sdxl, supir = write_demo_models(tmp)
+        log.warning("demo: tiny models with RANDOM weights; the output is noise, not a restoration")
+    else:
+        sdxl, supir = resolve_models(args.sdxl, args.supir, args.supir_f, args.models_dir)
+    min_size = args.min_size if args.min_size is not None else (256 if args.demo else 1024)
+    options = ServeOptions(
+        sdxl,
+        supir,
+        args.model,
+        args.dtype,
+        args.device,
+        args.memory,
+        min_size,
+        args.output_dir,
+        args.vram_budget,
+    )
+    return serve(options, args.host, args.port, auth, demo=args.demo)

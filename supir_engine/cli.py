@@ -1,4 +1,8 @@
-"""Command line: ``python -m supir_engine check ...``."""
+"""SUPIR restoration and upscaling: ``python -m supir_engine {upscale,check,serve}``.
+
+Model files are looked up in models/SUPIR (or $SUPIR_MODELS_DIR, or --models-dir): SUPIR-v0Q / SUPIR-v0F
+by name, the SDXL base by a known name (sd_xl_base*, sdxl_base*, *juggernaut*xl*, *sdxl*) or else by the
+SDXL UNet keys in its header; --sdxl and --supir take any path."""
 
 from __future__ import annotations
 
@@ -13,13 +17,19 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from .checkpoints import LoadOptions, LoadReport, load_supir
+from .choices import MEMORY_POLICIES as POLICIES
+from .choices import STORAGE_DTYPE_NAMES
+from .device_select import pick_device, storage_dtype
 from .errors import CancelledError, SupirError
-from .memory import POLICIES, STORAGE_DTYPES, GiB, MemoryConfig, MemoryPlan, budget_config
 from .settings import PRESETS, UpscaleSettings, preset
+
+if TYPE_CHECKING:  # torch is imported when a command runs, not for --help
+    from .checkpoints import LoadReport
+    from .memory import MemoryConfig, MemoryPlan
+
+__all__ = ["build_parser", "main", "pick_device"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 HELP = {
@@ -50,21 +60,42 @@ HELP = {
 
 # Weight storage dtypes: fp8 (float8_e4m3fn) stores UNet, control and text weights in one byte and
 # upcasts each layer's weight just in time; the VAE is never stored below bfloat16.
-DTYPES = STORAGE_DTYPES
+DTYPES = STORAGE_DTYPE_NAMES
+DEMO_NOTE = (
+    "DEMO: tiny models with RANDOM weights. The output is noise, not a restoration; it only shows that the "
+    "installation runs end to end."
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, but not "(default: None)" for options that have none, nor for flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m supir_engine", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m supir_engine", description=__doc__, formatter_class=HelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="load and validate model files, print what was found")
-    check.add_argument("--sdxl", type=Path, help="SDXL base checkpoint (.safetensors or .ckpt)")
-    check.add_argument("--supir", type=Path, help="SUPIR-v0Q or SUPIR-v0F checkpoint")
-    check.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="storage dtype (default fp16)")
+    check = commands.add_parser(
+        "check", help="load and validate model files, print what was found", formatter_class=HelpFormatter
+    )
+    check.add_argument("--sdxl", type=Path, help="SDXL base checkpoint, any name (default: looked up)")
+    check.add_argument("--supir", type=Path, help="SUPIR-v0Q or SUPIR-v0F checkpoint (default: looked up)")
+    check.add_argument("--model", choices=["Q", "F"], default="Q", help="which SUPIR to look up")
+    check.add_argument(
+        "--models-dir", type=Path, help="where to look for models (default models/SUPIR or $SUPIR_MODELS_DIR)"
+    )
+    check.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="storage dtype")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument(
         "--demo",
         action="store_true",
-        help="write a tiny random model in the real layout to a temporary folder and check that instead",
+        help="write a tiny model with RANDOM weights in the real layout to a temporary folder and check that",
     )
     add_upscale_parser(commands)
     add_serve_parser(commands)
@@ -79,10 +110,14 @@ def _optional(kind):
 
 
 def add_upscale_parser(commands) -> None:
-    up = commands.add_parser("upscale", help="restore and upscale images")
+    up = commands.add_parser("upscale", help="restore and upscale images", formatter_class=HelpFormatter)
     up.add_argument("inputs", nargs="*", help="image files, folders or glob patterns")
     up.add_argument(
-        "-o", "--output", type=Path, help="output file (one input) or folder (default supir_outputs)"
+        "-o",
+        "--output",
+        type=Path,
+        help="output folder (default supir_outputs), or with one input an output file whose extension "
+        "(.png, .jpg, .webp) picks the format",
     )
     up.add_argument("--sdxl", type=Path, help="SDXL base checkpoint (default: looked up in --models-dir)")
     up.add_argument("--supir", type=Path, help="SUPIR checkpoint (default: SUPIR-v0Q/F in --models-dir)")
@@ -107,47 +142,66 @@ def add_upscale_parser(commands) -> None:
         metavar="GIB",
         help="device memory SUPIR may use, in GiB (default: the free memory); used by --memory auto/blocks",
     )
-    up.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu (default: best available)")
-    up.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists")
+    up.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu; auto: the best available")
+    existing = up.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--skip-existing", action="store_true", help="skip inputs whose output already exists"
+    )
+    existing.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs (default: an existing name gets a number, e.g. a_SUPIR_x2-1.png)",
+    )
     up.add_argument(
         "--demo",
         action="store_true",
         help="use a tiny model with RANDOM weights (no download; the output is noise, not a restoration) "
         "and, without inputs, a generated test image: shows that the installation works end to end",
     )
+    defaults = preset("quality")
     for f in dataclasses.fields(UpscaleSettings):
         flag = "--" + f.name.replace("_", "-")
+        # default=None: an explicit value overrides the preset; help shows the default preset's value.
+        text = f"{HELP.get(f.name, f.name)} (quality preset: {getattr(defaults, f.name)!r})"
         if f.type == "bool":
-            up.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=HELP.get(f.name))
+            up.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
             continue
         kind = float if "float" in f.type else int if "int" in f.type else str
         if "None" in f.type:
             kind = _optional(kind)
-        up.add_argument(flag, type=kind, default=None, help=HELP.get(f.name))
+        up.add_argument(flag, type=kind, default=None, help=text.replace("%", "%%"))
 
 
 def add_serve_parser(commands) -> None:
-    serve = commands.add_parser("serve", help="web UI and API (Gradio; needs the 'app' extra)")
+    serve = commands.add_parser(
+        "serve", help="web UI and API (Gradio; needs the 'app' extra)", formatter_class=HelpFormatter
+    )
     serve.add_argument("--sdxl", type=Path, help="SDXL base checkpoint (default: looked up in --models-dir)")
     serve.add_argument("--supir", type=Path, help="SUPIR-v0Q checkpoint (or the only SUPIR model)")
     serve.add_argument("--supir-f", type=Path, help="SUPIR-v0F checkpoint, to switch between Q and F")
     serve.add_argument("--models-dir", type=Path, help="where to look for models (default models/SUPIR)")
     serve.add_argument("--model", choices=["Q", "F"], default="Q", help="model loaded at start")
     serve.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weight storage dtype")
-    serve.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu (default: best available)")
+    serve.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu; auto: the best available")
     serve.add_argument("--memory", choices=POLICIES, help="device memory policy (default: stages)")
     serve.add_argument(
         "--vram-budget", type=float, metavar="GIB", help="device memory SUPIR may use, in GiB (default: free)"
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=6688, help="port (default 6688)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=6688, help="port")
     serve.add_argument(
         "--listen-anywhere", action="store_true", help="allow a --host that is not a loopback address"
     )
     serve.add_argument("--auth", metavar="USER:PASSWORD", help="require this login")
     serve.add_argument("--output-dir", type=Path, help="also save every result PNG in this folder")
-    serve.add_argument("--min-size", type=int, help="default minimum short side (1024; 256 with --demo)")
-    serve.add_argument("--demo", action="store_true", help="tiny models with RANDOM weights (no download)")
+    serve.add_argument(
+        "--min-size", type=int, help="default minimum short side (default 1024; 256 with --demo)"
+    )
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="tiny models with RANDOM weights (no download): the output is noise, not a restoration",
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -176,6 +230,28 @@ def check_serve_flags(args: argparse.Namespace) -> None:
         if not (user and sep and password):
             raise SupirError("--auth takes user:password")
     vram_budget(args)
+    check_port(args.host, args.port)
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that another server holds, before Gradio starts (it would print a misleading hint)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise SupirError(f"--host {host} is not an address of this machine ({exc})") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As the web server binds: SO_REUSEADDR, so that a port left in TIME_WAIT counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise SupirError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}): another program (or an earlier "
+                "SUPIR server) uses that port; stop it or choose another port with --port"
+            ) from exc
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -208,16 +284,24 @@ def format_report(report: LoadReport) -> str:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    """Load the model files and report them; without --sdxl / --supir they are looked up as ``upscale``
+    does (a merged file given as --sdxl alone is checked as it is)."""
+    from .checkpoints import LoadOptions, load_supir
+
     sdxl, supir = args.sdxl, args.supir
     with tempfile.TemporaryDirectory() as tmp:
         if args.demo:
             from .tiny import write_demo_checkpoints
 
             sdxl, supir = write_demo_checkpoints(Path(tmp))
-            print("Demo: checking a tiny random model in the real SDXL + SUPIR key layout.", file=sys.stderr)
-        elif sdxl is None and supir is None:
-            raise SupirError("give --sdxl and --supir (or one merged file), or --demo")
-        _, report = load_supir(sdxl, supir, LoadOptions(dtype=DTYPES[args.dtype]))
+            print(
+                "Demo: checking a tiny model with RANDOM weights in the real SDXL + SUPIR key layout.",
+                file=sys.stderr,
+            )
+        elif supir is None and sdxl is None:
+            sdxl, supir = resolve_model_files(args)
+            print(f"Found {sdxl} and {supir}", file=sys.stderr)
+        _, report = load_supir(sdxl, supir, LoadOptions(dtype=storage_dtype(args.dtype)))
     if args.json:
         print(json.dumps({**dataclasses.asdict(report), "resident_bytes": report.resident_bytes}, indent=1))
     else:
@@ -238,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SupirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 1
 
 
@@ -253,36 +340,33 @@ def settings_from_args(args: argparse.Namespace) -> UpscaleSettings:
         raise SupirError(str(exc)) from exc
 
 
-def expand_inputs(patterns: Sequence[str]) -> list[Path]:
+def expand_inputs(patterns: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """(image files found, patterns that matched nothing); files, folders (their images) and globs."""
     found: list[Path] = []
+    missing: list[str] = []
     for pattern in patterns:
         path = Path(pattern).expanduser()
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            hits = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         elif path.exists():
-            found.append(path)
+            hits = [path]
         else:
-            found += sorted(Path(p) for p in glob.glob(pattern) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
-    if not found:
-        raise SupirError(f"no images found in {', '.join(patterns)}")
-    return list(dict.fromkeys(found))
+            hits = sorted(Path(p) for p in glob.glob(pattern) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        if not hits:
+            missing.append(pattern)
+        found += hits
+    return list(dict.fromkeys(found)), missing
 
 
 def output_path(source: Path, args: argparse.Namespace, scale: float, single: bool) -> Path:
-    if args.output is not None and single and args.output.suffix.lower() in IMAGE_SUFFIXES:
-        return args.output
-    folder = args.output or Path("supir_outputs")
-    return folder / f"{source.stem}_SUPIR_x{scale:g}.png"
+    """The output of one input on its own (a batch is planned by ``output_names.plan_outputs``)."""
+    from .output_names import IMAGE_EXTENSIONS, plan_outputs
 
-
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    output = args.output
+    if not single and output is not None and output.suffix.lower() in IMAGE_EXTENSIONS:
+        output = output.parent
+    target = plan_outputs([source], [scale], output, overwrite=getattr(args, "overwrite", False))[0]
+    return target.path
 
 
 def resolve_model_files(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -307,58 +391,108 @@ def run_upscale(args: argparse.Namespace) -> int:
             demo_image().save(args.inputs[0])
         if args.min_size is None:
             args.min_size = 256
-        print(
-            "Demo: a tiny model with random weights; the output shows the pipeline runs, nothing more.",
-            file=sys.stderr,
-        )
-        return upscale_files(args)
+        print(DEMO_NOTE, file=sys.stderr)
+        status = upscale_files(args)
+        print(DEMO_NOTE, file=sys.stderr)
+        return status
+
+
+@dataclasses.dataclass
+class Batch:
+    """The checked inputs of a run: what to do, and how many inputs failed already."""
+
+    jobs: list  # output_names.Target, in input order
+    failures: int
+
+
+def report_failure(source: str | Path, message: str) -> None:
+    print(f"error: {source}: {message}", file=sys.stderr)
+
+
+def prepare_batch(args: argparse.Namespace, settings: UpscaleSettings) -> Batch:
+    """Everything that can fail before the models load: find and read every input, plan the output names,
+    check that the output folders are writable. Unreadable inputs are reported and left out."""
+    from .output_names import plan_outputs, real_factor
+    from .preprocess import check_size, target_size
+    from .upscale_io import check_writable, image_size
+
+    if not args.inputs:
+        raise SupirError("give at least one image, folder or glob pattern (or --demo)")
+    sources, missing = expand_inputs(args.inputs)
+    failures = 0
+    for pattern in missing:
+        report_failure(pattern, "no such file, or no images in that folder or pattern")
+        failures += 1
+    readable, factors = [], []
+    for src in sources:
+        try:
+            w, h = image_size(src)
+            out_h, out_w = target_size(h, w, settings.scale, settings.min_size, settings.alignment)
+            check_size(out_h, out_w)
+        except SupirError as exc:
+            report_failure(src, str(exc))
+            failures += 1
+            continue
+        readable.append(src)
+        factors.append(real_factor((w, h), (out_w, out_h)))
+    if not readable:
+        raise SupirError("none of the inputs can be upscaled (see the errors above)")
+    targets = plan_outputs(
+        readable,
+        factors,
+        args.output,
+        overwrite=getattr(args, "overwrite", False),
+        skip_existing=args.skip_existing,
+    )
+    for folder in dict.fromkeys(t.path.parent for t in targets):
+        check_writable(folder)
+    skipped = [t for t in targets if t.skip]
+    if skipped:
+        print(f"skipping {len(skipped)} image(s) already done", file=sys.stderr)
+    return Batch([t for t in targets if not t.skip], failures)
 
 
 def upscale_files(args: argparse.Namespace) -> int:
+    from .alpha import keep_alpha
     from .progress import TqdmHost
-    from .upscale_io import load_image, save_png
+    from .upscale_io import load_image, save_image
 
     settings = settings_from_args(args)
-    if not args.inputs:
-        raise SupirError("give at least one image, folder or glob pattern (or --demo)")
-    inputs = expand_inputs(args.inputs)
-    single = len(inputs) == 1
-    jobs = [(src, output_path(src, args, settings.scale, single)) for src in inputs]
-    if args.skip_existing:
-        skipped = [src for src, dst in jobs if dst.exists()]
-        jobs = [(src, dst) for src, dst in jobs if not dst.exists()]
-        if skipped:
-            print(f"skipping {len(skipped)} image(s) already done", file=sys.stderr)
-    if not jobs:
-        return 0
-    sdxl, supir = resolve_model_files(args)
-    pipeline, report = load_pipeline(sdxl, supir, args)
-    print(format_report(report), file=sys.stderr)
-    failures = 0
-    for src, dst in jobs:
+    batch = prepare_batch(args, settings)
+    failures = batch.failures
+    if batch.jobs:
+        sdxl, supir = resolve_model_files(args)
+        pipeline, report = load_pipeline(sdxl, supir, args)
+        print(format_report(report), file=sys.stderr)
+        model_name = Path(supir).stem
+    for job in batch.jobs:
+        src, dst = job.source, job.path
         try:
             image = load_image(src)
-            result = pipeline.upscale(image, settings, TqdmHost(src.name))
-        except SupirError as exc:
-            if isinstance(exc, CancelledError):
-                raise
-            print(f"error: {src}: {exc}", file=sys.stderr)
+            result = pipeline.upscale(image, settings, TqdmHost(src.name, settings.steps))
+            save_image(keep_alpha(image, result.image), result.settings, dst, model_name)
+        except CancelledError:
+            raise
+        except (SupirError, OSError) as exc:
+            report_failure(src, str(exc) if isinstance(exc, SupirError) else f"cannot write {dst} ({exc})")
             failures += 1
             continue
-        save_png(result, dst, model_name=Path(supir).stem)
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
         print(
             f"{src} -> {dst} ({result.output_size[0]}x{result.output_size[1]}, seed {result.settings.seed}; "
             f"{stages}{'; stage 1 cached' if result.stage1_cached else ''}{describe_memory(result.memory)})",
             file=sys.stderr,
         )
+    if failures:
+        print(f"{failures} image(s) failed", file=sys.stderr)
     return 1 if failures else 0
 
 
 def load_pipeline(sdxl: Path, supir: Path, args: argparse.Namespace):
+    from .checkpoints import LoadOptions, load_supir
     from .pipeline import SUPIRPipeline
 
-    model, report = load_supir(sdxl, supir, LoadOptions(dtype=DTYPES[args.dtype]))
+    model, report = load_supir(sdxl, supir, LoadOptions(dtype=storage_dtype(args.dtype)))
     return SUPIRPipeline(model, pick_device(args.device), memory=memory_from_args(args)), report
 
 
@@ -371,12 +505,16 @@ def vram_budget(args: argparse.Namespace) -> float | None:
 
 
 def memory_from_args(args: argparse.Namespace) -> MemoryConfig:
+    from .memory import budget_config
+
     return budget_config(getattr(args, "memory", None), vram_budget(args))
 
 
 def describe_memory(plan: MemoryPlan | None) -> str:
     if plan is None:
         return ""
+    from .memory import GiB
+
     parts = [plan.policy if plan.requested == plan.policy else f"{plan.requested} -> {plan.policy}"]
     if plan.policy == "blocks":
         parts.append(f"{plan.resident_bytes / GiB:.2f} GiB resident")

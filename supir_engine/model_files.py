@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from pathlib import Path
 
 from .errors import CheckpointNotFoundError
@@ -11,6 +13,10 @@ MODELS_DIR_ENV = "SUPIR_MODELS_DIR"
 SUPIR_PATTERNS = {"Q": ("SUPIR-v0Q*", "supir_v0q*", "*v0Q*"), "F": ("SUPIR-v0F*", "supir_v0f*", "*v0F*")}
 SDXL_PATTERNS = ("sd_xl_base*", "sdxl_base*", "*juggernaut*xl*", "*Juggernaut*XL*", "*sdxl*")
 SUFFIXES = (".safetensors", ".ckpt")
+# An SDXL UNet has the class-embedding MLP (SD 1.x/2.x do not); SUPIR files have the control model.
+SDXL_UNET_KEY = "model.diffusion_model.label_emb.0.0.weight"
+SUPIR_KEY_PREFIX = "model.control_model."
+MAX_HEADER_BYTES = 100 * 2**20
 
 HOW_TO_GET_SUPIR = (
     "Download SUPIR-v0Q (or SUPIR-v0F) from the links in the official SUPIR repository "
@@ -19,8 +25,9 @@ HOW_TO_GET_SUPIR = (
 )
 HOW_TO_GET_SDXL = (
     "SUPIR runs on an SDXL base model: download sd_xl_base_1.0.safetensors "
-    "(huggingface.co/stabilityai/stable-diffusion-xl-base-1.0) or a Juggernaut-XL checkpoint and put it in "
-    "{folder}, or pass its path with --sdxl."
+    "(huggingface.co/stabilityai/stable-diffusion-xl-base-1.0) or another SDXL checkpoint "
+    "(e.g. Juggernaut-XL) and put it in {folder} as .safetensors (any name: its header is checked; "
+    "a .ckpt needs a name with 'sdxl' in it), or pass its path with --sdxl."
 )
 
 
@@ -48,9 +55,32 @@ def find_supir(folder: Path, variant: str = "Q", how_to_get: str = HOW_TO_GET_SU
     return found
 
 
+def safetensors_keys(path: Path) -> set[str]:
+    """The tensor names in a .safetensors header (reads the header only); empty when it is not one."""
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if not 2 <= length <= MAX_HEADER_BYTES:
+                return set()
+            header = json.loads(handle.read(length))
+    except (OSError, struct.error, ValueError):
+        return set()
+    return set(header) - {"__metadata__"} if isinstance(header, dict) else set()
+
+
+def is_sdxl_base(path: Path) -> bool:
+    keys = safetensors_keys(path)
+    return SDXL_UNET_KEY in keys and not any(k.startswith(SUPIR_KEY_PREFIX) for k in keys)
+
+
 def find_sdxl(folder: Path, exclude: Path | None = None) -> Path:
+    """An SDXL base in ``folder``: a known name first, else any .safetensors whose header has SDXL's UNet."""
     for pattern in SDXL_PATTERNS:
         hit = _find(folder, (pattern,))
         if hit is not None and hit != exclude:
             return hit
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.safetensors")):
+            if path != exclude and is_sdxl_base(path):
+                return path
     raise CheckpointNotFoundError("no SDXL base model found. " + HOW_TO_GET_SDXL.format(folder=folder))

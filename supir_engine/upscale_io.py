@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import uuid
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from .errors import SupirError
 from .infotext import infotext_line, to_infotext
+from .output_names import output_format
+
+EXIF_IFD = 0x8769
+USER_COMMENT = 0x9286
+# EXIF UserComment character code for UCS-2 text, big-endian, as the webui writes its infotext (piexif's
+# "unicode" encoding) and reads it back in PNG Info.
+UNICODE_PREFIX = b"UNICODE\0"
+JPEG_QUALITY = 95
 
 
 class ImageReadError(SupirError):
+    pass
+
+
+class OutputError(SupirError):
     pass
 
 
@@ -24,14 +39,74 @@ def load_image(path: Path) -> Image.Image:
         raise ImageReadError(f"cannot read {path.name} as an image ({exc})") from exc
 
 
-def save_png(result, path: Path, model_name: str | None = None) -> Path:
-    """Write the PNG with the parameters as a webui-style ``parameters`` text chunk and as JSON."""
-    params = to_infotext(result.settings, model_name)
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", infotext_line(params))
-    info.add_text("supir", json.dumps({**result.settings.to_dict(), "model": model_name}))
+def image_size(path: Path) -> tuple[int, int]:
+    """Decode the whole file (a truncated one fails here, not after the models loaded); its (w, h)."""
+    image = load_image(path)
+    if image.width < 1 or image.height < 1:
+        raise ImageReadError(f"{path.name} is empty ({image.width}x{image.height})")
+    return image.size
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and write a file in it, so that a read-only output fails before any work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".supir_write_test_"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OutputError(
+            f"cannot write results to {folder} ({reason}); choose another folder with -o"
+        ) from exc
+
+
+def user_comment(text: str) -> bytes:
+    return UNICODE_PREFIX + text.encode("utf-16-be")
+
+
+def read_user_comment(image: Image.Image) -> str | None:
+    """The EXIF UserComment as text (what PNG Info shows for a JPEG or WebP), or None."""
+    raw = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+    if not raw:
+        return None
+    if raw.startswith(UNICODE_PREFIX):
+        return raw[len(UNICODE_PREFIX) :].decode("utf-16-be")
+    return raw[8:].decode("ascii", errors="replace")
+
+
+def save_image(image: Image.Image, settings, path: Path, model_name: str | None = None) -> Path:
+    """Write ``image`` in the format ``path``'s extension names, atomically (a temporary file renamed).
+
+    PNG: the parameters in a webui-style ``parameters`` text chunk and as JSON (``supir``). JPEG / WebP: the
+    infotext in EXIF UserComment, where the webui's PNG Info looks. JPEG has no alpha: it is dropped."""
+    fmt = output_format(path)
+    line = infotext_line(to_infotext(settings, model_name))
+    extra: dict = {}
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", line)
+        info.add_text("supir", json.dumps({**settings.to_dict(), "model": model_name}))
+        extra["pnginfo"] = info
+    else:
+        exif = Image.Exif()
+        exif.get_ifd(EXIF_IFD)[USER_COMMENT] = user_comment(line)
+        extra["exif"] = exif.tobytes()
+        extra["quality"] = JPEG_QUALITY
+        if fmt == "JPEG" and image.mode != "RGB":
+            image = image.convert("RGB")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    result.image.save(tmp, format="PNG", pnginfo=info)
-    tmp.replace(path)
+    # Not mkstemp: its files are private (0600); this one gets the usual permissions.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        with open(tmp, "xb") as handle:
+            image.save(handle, format=fmt, **extra)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def save_png(result, path: Path, model_name: str | None = None) -> Path:
+    """Write a pipeline result as PNG (parameters embedded); see :func:`save_image`."""
+    return save_image(result.image, result.settings, path, model_name)
