@@ -97,8 +97,9 @@ def test_a_denoiser_step_in_fp8_with_scales_stays_close_to_fp16(state, fp16_mode
     assert scaled.unet.input_blocks[1][0].in_layers[2].weight.dtype == F8
     scaled_error = _denoiser_error(scaled, fp16_model)
     unscaled_error = _denoiser_error(_unscaled(_model(state, F8)), fp16_model)
-    # Measured 0.0114 with scales, 0.0194 with the plain cast (seeds 1, 2: 0.0093 / 0.0168, 0.0076 / 0.0119).
-    bound = 0.016
+    # Measured 0.0114 with scales, 0.0194 with the plain cast (seeds 1, 2: 0.0093 / 0.0168, 0.0076 / 0.0119);
+    # the code before scales (connectors and embeddings in fp8 too) gave 0.0159.
+    bound = 0.014
     assert scaled_error < bound
     assert unscaled_error > bound and unscaled_error > 1.4 * scaled_error
 
