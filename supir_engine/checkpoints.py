@@ -28,7 +28,7 @@ from .errors import (
     WrongModelError,
 )
 from .filemap import file_mappings, release_pages
-from .memory import tensor_storage_dtype
+from .memory.storage import FP8_SCALE_SUFFIX, is_storage_only, quantise_fp8, set_scale, tensor_storage_dtype
 from .models import SUPIRConfig, SUPIRModel, build_supir, infer_config
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,20 @@ class TensorFile:
         release_pages(raw, self._mappings)
         return owned
 
+    def scale(self, key: str) -> torch.Tensor | None:
+        """The fp8 scale the source stores for ``key`` (``None``: values are as stored)."""
+        return None
+
+    def read_stored(self, key: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(tensor, fp8 scale or None) for storage ``dtype``: fp8 is quantised with a scale of its own."""
+        scale = self.scale(key)
+        if not is_storage_only(dtype) and scale is None:
+            return self.read(key, dtype), None
+        values = self.read(key, torch.float32)
+        if scale is not None:
+            values.mul_(scale)
+        return quantise_fp8(values, dtype) if is_storage_only(dtype) else (values.to(dtype), None)
+
     def close(self) -> None:
         pass
 
@@ -179,6 +193,12 @@ class StateDictSource(TensorFile):
     ):
         super().__init__(Path(name))
         self._tensors = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+        # fp8 scales travel beside their tensors (e.g. from the model cache) under their buffer's name.
+        self._scales = {
+            k: self._tensors.pop(k)
+            for k in list(self._tensors)
+            if k.endswith(FP8_SCALE_SUFFIX) and k.removesuffix(FP8_SCALE_SUFFIX) in self._tensors
+        }
         self.keys = normalise_keys(self._tensors)
         self.share = share
 
@@ -191,6 +211,14 @@ class StateDictSource(TensorFile):
     def read(self, key: str, dtype: torch.dtype) -> torch.Tensor:
         tensor = self._tensors[self.keys[key]].detach()
         return tensor if self.share else tensor.to(dtype=dtype, copy=True)
+
+    def scale(self, key: str) -> torch.Tensor | None:
+        return self._scales.get(self.keys[key] + FP8_SCALE_SUFFIX)
+
+    def read_stored(self, key: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.share:  # as they are; a float8 tensor without a scale has the implicit scale 1
+            return self.read(key, dtype), self.scale(key)
+        return super().read_stored(key, dtype)
 
     def close(self) -> None:
         self._tensors = {}
@@ -471,8 +499,10 @@ def _load_component(
         component.name, component.description, str(first.path), first.dtype(keys[0]), _dtype_name(dtype)
     )
     for key in keys:
-        tensor = view[key].read(key, tensor_storage_dtype(expected[key], dtype)).reshape(expected[key])
-        _assign(model, key, tensor)
+        stored = tensor_storage_dtype(expected[key], dtype, key)
+        tensor, scale = view[key].read_stored(key, stored)
+        tensor = tensor.reshape(expected[key])
+        _assign(model, key, tensor, scale)
         report.tensors += 1
         report.parameters += tensor.numel()
         report.bytes += tensor.nbytes
@@ -483,9 +513,12 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _assign(model: torch.nn.Module, key: str, tensor: torch.Tensor) -> None:
+def _assign(
+    model: torch.nn.Module, key: str, tensor: torch.Tensor, scale: torch.Tensor | None = None
+) -> None:
     module_path, _, name = key.rpartition(".")
     module = model.get_submodule(module_path)
+    set_scale(module, name, scale)
     if name in module._parameters:
         module._parameters[name] = torch.nn.Parameter(tensor, requires_grad=False)
     elif name in module._buffers:

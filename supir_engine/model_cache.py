@@ -36,6 +36,7 @@ from .checkpoints import (
     load_supir,
     normalise_keys,
 )
+from .memory.storage import FP8_SCALE_SUFFIX
 from .models import SUPIRModel
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ def split_model(model: SUPIRModel) -> tuple[Tensors, Tensors]:
     base: Tensors = {}
     supir: Tensors = {}
     state = model.state_dict()
+    # fp8 scales are non-persistent buffers: kept beside their tensors so that reassembly finds them.
+    state.update((k, t) for k, t in model.named_buffers() if k.endswith(FP8_SCALE_SUFFIX))
     for key in normalise_keys(state):  # computed buffers (sigmas, token positions) are rebuilt on assembly
         if component_of(key) is not None:
             (supir if is_supir_key(key) else base)[key] = state[key]

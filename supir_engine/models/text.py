@@ -240,7 +240,7 @@ class OpenClipAttention(nn.Module):
         self.out_proj = ops.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qkv = F.linear(x, ops.cast_to(self.in_proj_weight, x), ops.cast_to(self.in_proj_bias, x))
+        qkv = F.linear(x, ops.cast_weight(self, "in_proj_weight", x), ops.cast_to(self.in_proj_bias, x))
         return self.out_proj(_causal_attention(*qkv.chunk(3, dim=-1), self.heads))
 
 
@@ -296,7 +296,7 @@ class OpenClipTextModel(nn.Module):
         last = blocks[-1](x)
         # Pool at the first end-of-text id (the largest id); LayerNorm is per token, so pool first.
         eot = last[torch.arange(last.shape[0], device=last.device), ids.to(last.device).argmax(dim=-1)]
-        pooled = self.ln_final(eot) @ ops.cast_to(self.text_projection, eot)
+        pooled = self.ln_final(eot) @ ops.cast_weight(self, "text_projection", eot)
         return penultimate, pooled
 
 
