@@ -30,7 +30,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from pydantic import BaseModel, Field
 
 from supir_engine.errors import CancelledError, CheckpointNotFoundError, SupirError
-from supir_engine.infotext import infotext_line
+from supir_engine.infotext import infotext_line, precision_label
 
 from . import runner
 from .args import ARG_NAMES, ArgumentError, from_mapping, infotext_params, with_preset
@@ -107,7 +107,7 @@ def upscale(req: UpscaleRequest) -> UpscaleResponse:
             raise HTTPException(status_code=500, detail=runner.user_message(exc)) from exc
         finally:
             shared.state.end()
-    params = infotext_params(args, result.settings, default_prompts())
+    params = infotext_params(args, result.settings, default_prompts(), precision_label(result))
     text = infotext_line({k: str(v) for k, v in params.items()})
     return UpscaleResponse(
         image=encode_png(out, text),

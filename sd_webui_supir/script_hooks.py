@@ -15,6 +15,7 @@ from typing import Any
 from modules import images, processing, shared
 
 from supir_engine.errors import CancelledError, SupirError
+from supir_engine.infotext import precision_label
 
 from . import runner
 from .args import ALL_INFOTEXT_KEYS, ArgumentError, SupirArgs, from_values, infotext_params, to_settings
@@ -126,7 +127,7 @@ def postprocess_image(p, pp) -> None:
     if opt("supir_compare"):
         BEFORE.remember(shared.state.job_timestamp, index, source)
     pp.image = result.image
-    job.params[index] = infotext_params(args, result.settings, default_prompts())
+    job.params[index] = infotext_params(args, result.settings, default_prompts(), precision_label(result))
 
 
 def _save_before(p, image, position: int) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import LoadOptions, LoadReport, load_supir
+from .device_policy import PRECISIONS, Precision, precision_for
 from .errors import CancelledError, SupirError
 from .memory import POLICIES, STORAGE_DTYPES, GiB, MemoryConfig, MemoryPlan, budget_config
 from .settings import PRESETS, UpscaleSettings, preset
@@ -49,8 +50,14 @@ HELP = {
 }
 
 # Weight storage dtypes: fp8 (float8_e4m3fn) stores UNet, control and text weights in one byte and
-# upcasts each layer's weight just in time; the VAE is never stored below bfloat16.
+# upcasts each layer's weight just in time; the VAE is never stored below bfloat16. ``auto``: what the
+# device's precision policy (device_policy.py) suggests.
 DTYPES = STORAGE_DTYPES
+STORAGE_CHOICES = ("auto", *sorted(DTYPES))
+PRECISION_HELP = (
+    "compute precision: auto (from the GPU: fp16, with the VAE in bf16 or fp32; fp32 on GTX 16xx, "
+    "Pascal and the CPU), fp32, fp16 or bf16 (the VAE is never fp16)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,11 +96,14 @@ def add_upscale_parser(commands) -> None:
     up.add_argument("--model", choices=["Q", "F"], default="Q", help="SUPIR-v0Q (quality) or v0F (fidelity)")
     up.add_argument("--models-dir", type=Path, help="where to look for models (default models/SUPIR)")
     up.add_argument("--preset", choices=sorted(PRESETS), default="quality", help="parameter preset")
-    up.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weight storage dtype")
+    up.add_argument(
+        "--dtype", choices=STORAGE_CHOICES, default="auto", help="weight storage dtype (default auto: fp16)"
+    )
+    up.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     up.add_argument(
         "--memory",
         choices=POLICIES,
-        help="device memory: full, stages (default), blocks (stream layers), auto (fit the free memory)",
+        help="device memory: auto (default: fit the free memory), full, stages, blocks (stream layers)",
     )
     up.add_argument(
         "--vram-budget",
@@ -127,9 +137,12 @@ def add_serve_parser(commands) -> None:
     serve.add_argument("--supir-f", type=Path, help="SUPIR-v0F checkpoint, to switch between Q and F")
     serve.add_argument("--models-dir", type=Path, help="where to look for models (default models/SUPIR)")
     serve.add_argument("--model", choices=["Q", "F"], default="Q", help="model loaded at start")
-    serve.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weight storage dtype")
+    serve.add_argument(
+        "--dtype", choices=STORAGE_CHOICES, default="auto", help="weight storage dtype (default auto: fp16)"
+    )
+    serve.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     serve.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu (default: best available)")
-    serve.add_argument("--memory", choices=POLICIES, help="device memory policy (default: stages)")
+    serve.add_argument("--memory", choices=POLICIES, help="device memory policy (default: auto)")
     serve.add_argument(
         "--vram-budget", type=float, metavar="GIB", help="device memory SUPIR may use, in GiB (default: free)"
     )
@@ -343,7 +356,8 @@ def upscale_files(args: argparse.Namespace) -> int:
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
         print(
             f"{src} -> {dst} ({result.output_size[0]}x{result.output_size[1]}, seed {result.settings.seed}; "
-            f"{stages}{'; stage 1 cached' if result.stage1_cached else ''}{describe_memory(result.memory)})",
+            f"{stages}{'; stage 1 cached' if result.stage1_cached else ''}{describe_memory(result.memory)}"
+            f"{describe_precision(result.precision)})",
             file=sys.stderr,
         )
     return 1 if failures else 0
@@ -352,8 +366,19 @@ def upscale_files(args: argparse.Namespace) -> int:
 def load_pipeline(sdxl: Path, supir: Path, args: argparse.Namespace):
     from .pipeline import SUPIRPipeline
 
-    model, report = load_supir(sdxl, supir, LoadOptions(dtype=DTYPES[args.dtype]))
-    return SUPIRPipeline(model, pick_device(args.device), memory=memory_from_args(args)), report
+    device = pick_device(args.device)
+    precision = precision_from_args(args, device)
+    storage, vae_storage = precision.storage_dtypes(args.dtype)
+    model, report = load_supir(sdxl, supir, LoadOptions(dtype=storage, vae_dtype=vae_storage))
+    pipeline = SUPIRPipeline(model, device, memory=memory_from_args(args), precision=precision)
+    return pipeline, report
+
+
+def precision_from_args(args: argparse.Namespace, device: torch.device) -> Precision:
+    """``--precision`` on ``device``; a precision the device cannot do is a SupirError that says so."""
+    precision = precision_for(device, getattr(args, "precision", "auto"))
+    print(f"precision: {precision.label} ({precision.reason})", file=sys.stderr)
+    return precision
 
 
 def vram_budget(args: argparse.Namespace) -> float | None:
@@ -366,6 +391,10 @@ def vram_budget(args: argparse.Namespace) -> float | None:
 
 def memory_from_args(args: argparse.Namespace) -> MemoryConfig:
     return budget_config(getattr(args, "memory", None), vram_budget(args))
+
+
+def describe_precision(precision: Precision | None) -> str:
+    return "" if precision is None else f"; {precision.label}"
 
 
 def describe_memory(plan: MemoryPlan | None) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from .errors import SupirError
-from .infotext import infotext_line, to_infotext
+from .infotext import infotext_line, precision_label, to_infotext
 
 
 class ImageReadError(SupirError):
@@ -26,7 +26,7 @@ def load_image(path: Path) -> Image.Image:
 
 def save_png(result, path: Path, model_name: str | None = None) -> Path:
     """Write the PNG with the parameters as a webui-style ``parameters`` text chunk and as JSON."""
-    params = to_infotext(result.settings, model_name)
+    params = to_infotext(result.settings, model_name, precision_label(result))
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", infotext_line(params))
     info.add_text("supir", json.dumps({**result.settings.to_dict(), "model": model_name}))
