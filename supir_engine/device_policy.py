@@ -82,6 +82,11 @@ class Precision:
         return dtype, torch.float32 if dtype == torch.float32 else self.vae_storage
 
 
+def widest_float(device: torch.device | str) -> torch.dtype:
+    """float64, or float32 on MPS (which has no float64)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 

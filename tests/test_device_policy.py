@@ -135,3 +135,9 @@ def test_result_and_png_say_which_precision_ran(tmp_path):
     assert result.precision.label == "UNet fp32 / text fp32 / VAE fp32"
     path = save_png(result, tmp_path / "out.png")
     assert "SUPIR precision: UNet fp32 / text fp32 / VAE fp32" in Image.open(path).text["parameters"]
+
+
+def test_widest_float():
+    from supir_engine.device_policy import widest_float
+
+    assert widest_float("cpu") == torch.float64 and widest_float(torch.device("mps")) == torch.float32
