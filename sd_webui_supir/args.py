@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supir_engine.errors import SupirError
-from supir_engine.infotext import INFOTEXT_FIELDS, MODEL_KEY
+from supir_engine.infotext import INFOTEXT_FIELDS, MODEL_KEY, PRECISION_KEY
 from supir_engine.settings import (
     COLOR_FIXES,
     DEFAULT_NEGATIVE_PROMPT,
@@ -236,6 +236,7 @@ ALL_INFOTEXT_KEYS: tuple[str, ...] = (
     PROMPT_SOURCE_KEY,
     SKIP_IMG2IMG_KEY,
     SEED_FROM_IMAGE_KEY,
+    PRECISION_KEY,
 )
 # Fields read back from other keys (no key of their own): True when the ramp's start value is written.
 DERIVED_FIELDS: dict[str, Callable[[Mapping[str, str]], Any]] = {
@@ -250,7 +251,10 @@ def _has_value(params: Mapping[str, str], key: str) -> bool:
 
 
 def infotext_params(
-    args: SupirArgs, settings: UpscaleSettings, default_prompts: tuple[str, str] = ("", "")
+    args: SupirArgs,
+    settings: UpscaleSettings,
+    default_prompts: tuple[str, str] = ("", ""),
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Infotext ``{key: raw value}`` for one upscale (the webui quotes values itself).
 
@@ -274,6 +278,8 @@ def infotext_params(
     for attr, default in zip(("positive_prompt", "negative_prompt"), default_prompts):
         if getattr(settings, attr) == default:
             params.pop(_ENGINE_KEYS[attr], None)
+    if precision:
+        params[PRECISION_KEY] = precision
     return params
 
 

@@ -22,6 +22,7 @@ LOADED_CHECKPOINT = "Loaded checkpoint (when SDXL)"
 PRESETS = tuple(PRESET_LABELS.values())
 MEMORY_POLICIES = ("auto", "full", "stages", "blocks")
 STORAGE_DTYPES = ("auto", "fp16", "bf16", "fp8", "fp32")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 DEFAULTS: dict[str, Any] = {
     "supir_models_path": "",
@@ -31,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "supir_negative_prompt": DEFAULT_NEGATIVE_PROMPT,
     "supir_memory_policy": "auto",
     "supir_storage_dtype": "auto",
+    "supir_precision": "auto",
     "supir_vram_budget": 0.0,
     "supir_min_size": 1024,
     "supir_tile_size": 0,
@@ -50,7 +52,11 @@ LABELS: dict[str, str] = {
     "supir_positive_prompt": "Default positive prompt (added after the caption)",
     "supir_negative_prompt": "Default negative prompt",
     "supir_memory_policy": "GPU memory policy (auto: fastest that fits the free VRAM; blocks: least VRAM)",
-    "supir_storage_dtype": "Weight storage dtype (auto: fp16 on GPU; fp8 halves SUPIR's VRAM and RAM)",
+    "supir_storage_dtype": "Weight storage dtype (auto: fp16; fp8 halves SUPIR's VRAM and RAM)",
+    "supir_precision": (
+        "precision SUPIR computes in (auto: as the webui, --no-half, --no-half-vae, --upcast-sampling, "
+        "and what the GPU can do; fp32 if images come out black)"
+    ),
     "supir_vram_budget": "VRAM SUPIR may use, in GiB (0: the free memory); for the auto and blocks policies",
     "supir_min_size": "Minimum short side SUPIR works at, in pixels (the original uses 1024)",
     "supir_tile_size": "Sampler tile size in latent pixels (0: automatic)",
@@ -120,6 +126,7 @@ def option_infos() -> dict[str, Any]:
         "supir_negative_prompt": info("supir_negative_prompt", gr.Textbox, {"lines": 3}),
         "supir_memory_policy": info("supir_memory_policy", gr.Radio, {"choices": list(MEMORY_POLICIES)}),
         "supir_storage_dtype": info("supir_storage_dtype", gr.Radio, {"choices": list(STORAGE_DTYPES)}),
+        "supir_precision": info("supir_precision", gr.Radio, {"choices": list(PRECISIONS)}),
         "supir_vram_budget": info("supir_vram_budget", gr.Slider, {"minimum": 0, "maximum": 80, "step": 0.5}),
         "supir_min_size": number("supir_min_size", 64, 2048, 64),
         "supir_tile_size": number("supir_tile_size", 0, 256, 8),

@@ -17,8 +17,9 @@ from modules import devices, sd_models
 from PIL import Image
 
 from supir_engine.checkpoints import LoadOptions
+from supir_engine.device_policy import Precision
 from supir_engine.errors import CancelledError, CheckpointNotFoundError, SupirError
-from supir_engine.memory import STORAGE_DTYPES, MemoryConfig, budget_config
+from supir_engine.memory import MemoryConfig, budget_config
 from supir_engine.model_cache import InMemorySDXL, ModelCache, SDXLSource
 from supir_engine.model_files import HOW_TO_GET_SUPIR, find_supir
 from supir_engine.pipeline import SUPIRPipeline, UpscaleResult
@@ -27,6 +28,7 @@ from supir_engine.settings import UpscaleSettings
 from .args import model_name
 from .host import WebuiHost, loaded_sd_model
 from .options import LOADED_CHECKPOINT, models_dir, opt
+from .precision import webui_precision
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class _Loaded:
     lock = threading.Lock()
     pipeline: SUPIRPipeline | None = None
     memory: MemoryConfig | None = None
+    precision: Precision | None = None
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -156,11 +159,10 @@ def model_status() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ settings
 
 
-def load_options(device: torch.device) -> LoadOptions:
-    choice = str(opt("supir_storage_dtype"))
-    if choice in STORAGE_DTYPES:
-        return LoadOptions(dtype=STORAGE_DTYPES[choice])
-    return LoadOptions(dtype=torch.float32 if device.type == "cpu" else torch.float16)
+def load_options(precision: Precision) -> LoadOptions:
+    """Weight storage: Settings > SUPIR > weight storage dtype, ``auto`` as ``precision`` suggests."""
+    storage, vae_storage = precision.storage_dtypes(str(opt("supir_storage_dtype") or "auto"))
+    return LoadOptions(dtype=storage, vae_dtype=vae_storage)
 
 
 def base_settings() -> UpscaleSettings:
@@ -213,12 +215,13 @@ def memory_config() -> MemoryConfig:
     return budget_config(str(opt("supir_memory_policy")), budget if budget > 0 else None)
 
 
-def _pipeline(model, device: torch.device) -> SUPIRPipeline:
+def _pipeline(model, device: torch.device, precision: Precision) -> SUPIRPipeline:
     config = memory_config()
     current = _Loaded.pipeline
-    if current is None or current.model is not model or current.device != device or _Loaded.memory != config:
-        current = _Loaded.pipeline = SUPIRPipeline(model, device, memory=config)
-        _Loaded.memory = config
+    same = current is not None and current.model is model and current.device == device
+    if not same or _Loaded.memory != config or _Loaded.precision != precision:
+        current = _Loaded.pipeline = SUPIRPipeline(model, device, memory=config, precision=precision)
+        _Loaded.memory, _Loaded.precision = config, precision
     return current
 
 
@@ -241,8 +244,9 @@ def upscale(
     with _Loaded.lock, host.lease():
         supir_file = find_supir(models_dir(), variant, HOW_TO_GET_SUPIR_WEBUI)
         device = devices.get_device_for("supir")
-        model = CACHE.get(resolve_base(), supir_file, load_options(device))
-        pipeline = _pipeline(model, device)
+        precision = webui_precision(device)
+        model = CACHE.get(resolve_base(), supir_file, load_options(precision))
+        pipeline = _pipeline(model, device, precision)
         with _no_autocast(device):
             result = pipeline.upscale(image, settings, host)
     result.image = fit_to_scale(result.image, image.size, settings.scale)

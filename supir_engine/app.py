@@ -28,9 +28,10 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from .checkpoints import LoadOptions
-from .device_select import pick_device, storage_dtype
+from .device_policy import precision_for
+from .device_select import pick_device
 from .errors import CancelledError, CheckpointNotFoundError, SupirError
-from .infotext import infotext_line, to_infotext
+from .infotext import infotext_line, precision_label, to_infotext
 from .memory import budget_config
 from .model_cache import ModelCache
 from .preprocess import MAX_PIXELS, MAX_SIDE, ImageError, check_size, target_size
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6688
-STORAGE_DTYPES = ("fp16", "bf16", "fp8", "fp32")
+STORAGE_DTYPES = ("auto", "fp16", "bf16", "fp8", "fp32")
 STAGE_LABELS = {
     "load": "Loading the model",
     "stage1": "Stage 1 (denoise encoder)",
@@ -128,12 +129,13 @@ class ServeOptions:
     sdxl: Path | None
     supir: dict[str, Path]
     model: str = "Q"
-    dtype: str = "fp16"
+    dtype: str = "auto"  # weight storage; auto: what the device's precision suggests
     device: str = "auto"
     memory: str | None = None  # the pipeline's memory policy; None = its default
     min_size: int = 1024
     output_dir: Path | None = None
     vram_budget_gib: float | None = None  # device memory the memory policy plans with; None = free memory
+    precision: str = "auto"  # compute precision: auto (from the device), fp32, fp16 or bf16
 
     def __post_init__(self) -> None:
         if not self.supir:
@@ -223,6 +225,7 @@ class Engine:
         self.options = options
         self.cache = cache or ModelCache()
         self.device = pick_device(options.device)
+        self.precision = precision_for(self.device, options.precision)
         self._device_lock = threading.Lock()
         self._loaded: Loaded | None = None
         self._state = "not loaded"
@@ -248,7 +251,7 @@ class Engine:
 
     def status(self) -> str:
         with_output = f", results saved to `{self.options.output_dir}`" if self.options.output_dir else ""
-        return f"**Model:** {self._state} · device `{self.device}`{with_output}"
+        return f"**Model:** {self._state} · device `{self.device}` ({self.precision.label}){with_output}"
 
     def default_request(self) -> RunRequest:
         """The model loaded at start, or the one loaded last (so that API calls do not swap models)."""
@@ -267,13 +270,14 @@ class Engine:
         self._state = f"loading {name} ({request.dtype})…"
         start = time.perf_counter()
         try:
-            options = LoadOptions(storage_dtype(request.dtype))
+            storage, vae_storage = self.precision.storage_dtypes(request.dtype)
+            options = LoadOptions(storage, vae_dtype=vae_storage)
             model = self.cache.get(self.options.sdxl, self.options.supir[request.variant], options)
         except Exception as exc:
             self._state = f"failed to load {name}: {exc}"
             raise
         memory = budget_config(request.memory, self.options.vram_budget_gib)
-        pipeline = SUPIRPipeline(model, self.device, memory=memory)
+        pipeline = SUPIRPipeline(model, self.device, memory=memory, precision=self.precision)
         self._loaded = Loaded(request, pipeline, time.perf_counter() - start)
         self._state = f"{name} ready ({request.dtype}, loaded in {self._loaded.seconds:.1f} s)"
         return pipeline
@@ -494,7 +498,7 @@ class Outcome:
 def summary(result, model_name: str) -> str:
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
     return (
-        f"{infotext_line(to_infotext(result.settings, model_name))}\n\n"
+        f"{infotext_line(to_infotext(result.settings, model_name, precision_label(result)))}\n\n"
         f"{result.input_size[0]}x{result.input_size[1]} -> {result.output_size[0]}x{result.output_size[1]}, "
         f"seed {result.settings.seed}; {stages}"
     )
@@ -972,5 +976,6 @@ def _serve_in(tmp: Path, args: Any, auth: tuple[str, str] | None) -> Engine:
         min_size,
         args.output_dir,
         args.vram_budget,
+        getattr(args, "precision", "auto"),
     )
     return serve(options, args.host, args.port, auth, demo=args.demo)

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .choices import MEMORY_POLICIES as POLICIES
-from .choices import STORAGE_DTYPE_NAMES
+from .choices import PRECISIONS, STORAGE_DTYPE_NAMES
 from .device_select import pick_device, storage_dtype
 from .errors import CancelledError, SupirError
 from .settings import PRESETS, UpscaleSettings, preset
 
 if TYPE_CHECKING:  # torch is imported when a command runs, not for --help
     from .checkpoints import LoadReport
+    from .device_policy import Precision
     from .memory import MemoryConfig, MemoryPlan
 
 __all__ = ["build_parser", "main", "pick_device"]
@@ -59,8 +60,14 @@ HELP = {
 }
 
 # Weight storage dtypes: fp8 (float8_e4m3fn) stores UNet, control and text weights in one byte and
-# upcasts each layer's weight just in time; the VAE is never stored below bfloat16.
+# upcasts each layer's weight just in time; the VAE is never stored below bfloat16. ``auto``: what the
+# device's precision policy (device_policy.py) suggests.
 DTYPES = STORAGE_DTYPE_NAMES
+STORAGE_CHOICES = ("auto", *sorted(DTYPES))
+PRECISION_HELP = (
+    "compute precision: auto (from the GPU: fp16, with the VAE in bf16 or fp32; fp32 on GTX 16xx, "
+    "Pascal and the CPU), fp32, fp16 or bf16 (the VAE is never fp16)"
+)
 DEMO_NOTE = (
     "DEMO: tiny models with RANDOM weights. The output is noise, not a restoration; it only shows that the "
     "installation runs end to end."
@@ -130,11 +137,14 @@ def add_upscale_parser(commands) -> None:
         help="parameter preset: quality / fidelity (the SUPIR authors' 2025 settings), *_classic (the first "
         "demo's), lightning_* (8 DPM++ 2M steps; only for an SDXL-Lightning base)",
     )
-    up.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weight storage dtype")
+    up.add_argument(
+        "--dtype", choices=STORAGE_CHOICES, default="auto", help="weight storage dtype (auto: fp16)"
+    )
+    up.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     up.add_argument(
         "--memory",
         choices=POLICIES,
-        help="device memory: full, stages (default), blocks (stream layers), auto (fit the free memory)",
+        help="device memory: auto (default: fit the free memory), full, stages, blocks (stream layers)",
     )
     up.add_argument(
         "--vram-budget",
@@ -181,9 +191,12 @@ def add_serve_parser(commands) -> None:
     serve.add_argument("--supir-f", type=Path, help="SUPIR-v0F checkpoint, to switch between Q and F")
     serve.add_argument("--models-dir", type=Path, help="where to look for models (default models/SUPIR)")
     serve.add_argument("--model", choices=["Q", "F"], default="Q", help="model loaded at start")
-    serve.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weight storage dtype")
+    serve.add_argument(
+        "--dtype", choices=STORAGE_CHOICES, default="auto", help="weight storage dtype (auto: fp16)"
+    )
+    serve.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     serve.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu; auto: the best available")
-    serve.add_argument("--memory", choices=POLICIES, help="device memory policy (default: stages)")
+    serve.add_argument("--memory", choices=POLICIES, help="device memory policy (default: auto)")
     serve.add_argument(
         "--vram-budget", type=float, metavar="GIB", help="device memory SUPIR may use, in GiB (default: free)"
     )
@@ -480,7 +493,8 @@ def upscale_files(args: argparse.Namespace) -> int:
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
         print(
             f"{src} -> {dst} ({result.output_size[0]}x{result.output_size[1]}, seed {result.settings.seed}; "
-            f"{stages}{'; stage 1 cached' if result.stage1_cached else ''}{describe_memory(result.memory)})",
+            f"{stages}{'; stage 1 cached' if result.stage1_cached else ''}{describe_memory(result.memory)}"
+            f"{describe_precision(result.precision)})",
             file=sys.stderr,
         )
     if failures:
@@ -492,8 +506,21 @@ def load_pipeline(sdxl: Path, supir: Path, args: argparse.Namespace):
     from .checkpoints import LoadOptions, load_supir
     from .pipeline import SUPIRPipeline
 
-    model, report = load_supir(sdxl, supir, LoadOptions(dtype=storage_dtype(args.dtype)))
-    return SUPIRPipeline(model, pick_device(args.device), memory=memory_from_args(args)), report
+    device = pick_device(args.device)
+    precision = precision_from_args(args, device)
+    storage, vae_storage = precision.storage_dtypes(args.dtype)
+    model, report = load_supir(sdxl, supir, LoadOptions(dtype=storage, vae_dtype=vae_storage))
+    pipeline = SUPIRPipeline(model, device, memory=memory_from_args(args), precision=precision)
+    return pipeline, report
+
+
+def precision_from_args(args: argparse.Namespace, device):
+    """``--precision`` on ``device``; a precision the device cannot do is a SupirError that says so."""
+    from .device_policy import precision_for
+
+    precision = precision_for(device, getattr(args, "precision", "auto"))
+    print(f"precision: {precision.label} ({precision.reason})", file=sys.stderr)
+    return precision
 
 
 def vram_budget(args: argparse.Namespace) -> float | None:
@@ -508,6 +535,10 @@ def memory_from_args(args: argparse.Namespace) -> MemoryConfig:
     from .memory import budget_config
 
     return budget_config(getattr(args, "memory", None), vram_budget(args))
+
+
+def describe_precision(precision: Precision | None) -> str:
+    return "" if precision is None else f"; {precision.label}"
 
 
 def describe_memory(plan: MemoryPlan | None) -> str:

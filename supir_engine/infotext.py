@@ -38,14 +38,25 @@ INFOTEXT_FIELDS: tuple[tuple[str, str], ...] = (
     ("negative_prompt", "SUPIR negative prompt"),
 )
 MODEL_KEY = "SUPIR model"
+PRECISION_KEY = "SUPIR precision"  # what ran (Precision.label); informative, not read back
 
 
-def to_infotext(settings: UpscaleSettings, model_name: str | None = None) -> dict[str, str]:
+def to_infotext(
+    settings: UpscaleSettings, model_name: str | None = None, precision: str | None = None
+) -> dict[str, str]:
     """Settings as {infotext key: text}; ``None`` (a constant scale, untiled) is written as None."""
     params = {key: _format(getattr(settings, attr)) for attr, key in INFOTEXT_FIELDS}
     if model_name:
         params[MODEL_KEY] = model_name
+    if precision:
+        params[PRECISION_KEY] = _format(precision)
     return params
+
+
+def precision_label(result: Any) -> str | None:
+    """The precision an UpscaleResult ran in, as infotext shows it (None when it does not say)."""
+    precision = getattr(result, "precision", None)
+    return None if precision is None else precision.label
 
 
 def from_infotext(params: Mapping[str, str], base: UpscaleSettings | None = None) -> UpscaleSettings:

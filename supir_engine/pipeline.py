@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from .colorfix import apply_color_fix
+from .device_policy import Precision, precision_for
 from .errors import CancelledError, DeviceMemoryError
 from .host import Host, NullHost
 from .memory import MemoryConfig, MemoryPlan, Residency, Workload, memory_config, plan_memory
@@ -146,6 +147,7 @@ class UpscaleResult:
     network_evaluations: int = 0
     stage1_cached: bool = False
     memory: MemoryPlan | None = None  # how device memory was used (policy, residency, tiles, CFG batching)
+    precision: Precision | None = None  # compute dtypes of each part, and why
 
 
 class _CountingDenoiser(Denoiser):
@@ -161,8 +163,10 @@ class _CountingDenoiser(Denoiser):
 class SUPIRPipeline:
     """A loaded SUPIR model plus where and in which dtype each stage runs.
 
-    ``memory`` (a MemoryConfig or a policy name) decides which weights are on the device when; see
-    memory.py. ``transfer`` and ``observer`` are passed to the Residency (tests watch residency with them).
+    ``precision`` (a Precision, or ``auto`` / ``fp32`` / ``fp16`` / ``bf16``; device_policy.py) decides the
+    compute dtypes; ``dtype`` (UNet, control, text) and ``vae_dtype`` override it. ``memory`` (a
+    MemoryConfig or a policy name) decides which weights are on the device when; see memory.py.
+    ``transfer`` and ``observer`` are passed to the Residency (tests watch residency with them).
     """
 
     def __init__(
@@ -173,14 +177,24 @@ class SUPIRPipeline:
         vae_dtype: torch.dtype | None = None,
         memory: MemoryConfig | str | None = None,
         *,
+        precision: Precision | str | None = None,
         transfer: Callable[[torch.Tensor], torch.Tensor] | None = None,
         observer: Callable[[str, str], None] | None = None,
     ):
         self.model = model
         self.device = torch.device(device)
-        on_cpu = self.device.type == "cpu"
-        self.dtype = dtype or (torch.float32 if on_cpu else torch.float16)
-        self.vae_dtype = vae_dtype or (torch.float32 if on_cpu else torch.bfloat16)
+        if not isinstance(precision, Precision):
+            precision = precision_for(self.device, precision or "auto")
+        if dtype is not None or vae_dtype is not None:
+            precision = precision.replace(
+                unet=dtype or precision.unet,
+                text=dtype or precision.text,
+                vae=vae_dtype or precision.vae,
+                reason=precision.reason + "; dtypes set by the caller",
+            )
+        self.precision = precision
+        self.dtype, self.text_dtype, self.vae_dtype = precision.unet, precision.text, precision.vae
+        log.info("SUPIR precision on %s: %s (%s)", self.device, precision.label, precision.reason)
         self.memory = memory_config(memory)
         self._transfer, self._observer = transfer, observer
         self._residency: Residency | None = None
@@ -193,12 +207,18 @@ class SUPIRPipeline:
         supir: str | Path | None,
         device: torch.device | str = "cpu",
         memory: MemoryConfig | str | None = None,
+        precision: Precision | str | None = None,
         **load_options,
     ) -> SUPIRPipeline:
+        """Load the model in the storage dtypes ``precision`` picks for ``device`` (``load_options`` win)."""
         from .checkpoints import LoadOptions, load_supir
 
+        if not isinstance(precision, Precision):
+            precision = precision_for(torch.device(device), precision or "auto")
+        storage, vae_storage = precision.storage_dtypes(load_options.get("dtype", "auto"))
+        load_options = {"dtype": storage, "vae_dtype": vae_storage, **load_options}
         model, _ = load_supir(sdxl, supir, LoadOptions(**load_options))
-        return cls(model, device, memory=memory)
+        return cls(model, device, memory=memory, precision=precision)
 
     @property
     def scale_factor(self) -> float:
@@ -278,7 +298,7 @@ class SUPIRPipeline:
     def _conditioning(self, settings: UpscaleSettings, host: Host, timings) -> tuple[torch.Tensor, ...]:
         conditioner = self.model.conditioner
         with self._stage("text", host, timings, streamed=(conditioner,)):
-            conditioner.compute_device, conditioner.compute_dtype = self.device, self.dtype
+            conditioner.compute_device, conditioner.compute_dtype = self.device, self.text_dtype
             c = conditioner([settings.positive_text])
             uc = conditioner([settings.negative_prompt])
         return (*c, *uc)
@@ -384,6 +404,7 @@ class SUPIRPipeline:
             denoiser.calls,
             cached,
             plan,
+            self.precision,
         )
 
 

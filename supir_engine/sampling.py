@@ -19,6 +19,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from .device_policy import widest_float
 from .tiling import Window, gaussian_tile_weights, tile_extent, tile_grid
 
 logger = logging.getLogger(__name__)
@@ -503,9 +504,8 @@ def _groups(regions: list[_Region], size: int, batch_cfg: bool) -> list[_Group]:
 def _blend_plan(x: torch.Tensor, regions: list[_Region], tile_callback: TileCallback | None) -> _Plan:
     h0, h1, w0, w1 = regions[0].window
     th, tw = h1 - h0, w1 - w0
-    # The original blends with float64 weights into float32 accumulators; MPS has no float64.
-    dtype = torch.float32 if x.device.type == "mps" else torch.float64
-    weights = gaussian_tile_weights(th, tw).to(device=x.device, dtype=dtype)
+    # The original blends with float64 weights into float32 accumulators.
+    weights = gaussian_tile_weights(th, tw).to(device=x.device, dtype=widest_float(x.device))
     weight_sum = torch.zeros_like(x)
     for region in regions:
         weight_sum[_index(region.window)] += weights

@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from .errors import SupirError
-from .infotext import infotext_line, to_infotext
+from .infotext import infotext_line, precision_label, to_infotext
 from .output_names import output_format
 
 EXIF_IFD = 0x8769
@@ -74,13 +74,19 @@ def read_user_comment(image: Image.Image) -> str | None:
     return raw[8:].decode("ascii", errors="replace")
 
 
-def save_image(image: Image.Image, settings, path: Path, model_name: str | None = None) -> Path:
+def save_image(
+    image: Image.Image,
+    settings,
+    path: Path,
+    model_name: str | None = None,
+    precision: str | None = None,
+) -> Path:
     """Write ``image`` in the format ``path``'s extension names, atomically (a temporary file renamed).
 
     PNG: the parameters in a webui-style ``parameters`` text chunk and as JSON (``supir``). JPEG / WebP: the
     infotext in EXIF UserComment, where the webui's PNG Info looks. JPEG has no alpha: it is dropped."""
     fmt = output_format(path)
-    line = infotext_line(to_infotext(settings, model_name))
+    line = infotext_line(to_infotext(settings, model_name, precision))
     extra: dict = {}
     if fmt == "PNG":
         info = PngImagePlugin.PngInfo()
@@ -109,4 +115,4 @@ def save_image(image: Image.Image, settings, path: Path, model_name: str | None 
 
 def save_png(result, path: Path, model_name: str | None = None) -> Path:
     """Write a pipeline result as PNG (parameters embedded); see :func:`save_image`."""
-    return save_image(result.image, result.settings, path, model_name)
+    return save_image(result.image, result.settings, path, model_name, precision_label(result))

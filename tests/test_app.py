@@ -232,7 +232,7 @@ def test_switching_to_f_reads_only_the_supir_weights(client, server, small_png):
     assert "SUPIR model: tiny_supir_f" in parameters
     assert "(base hit, SUPIR loaded)" in server[2].read_text()
     _, parameters = upscale(client, small_png, model="Q", seed=13)
-    assert "SUPIR model: tiny_supir\n" in parameters
+    assert "SUPIR model: tiny_supir, SUPIR precision: UNet fp32 / text fp32 / VAE fp32\n" in parameters
 
 
 @NEEDS_GRADIO

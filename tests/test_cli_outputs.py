@@ -304,8 +304,10 @@ def test_sdxl_base_of_any_name_is_found_by_its_header(tmp_path):
 
 
 def test_front_end_choices_match_the_engine():
-    from supir_engine.choices import MEMORY_POLICIES, STORAGE_DTYPE_NAMES
+    from supir_engine import device_policy
+    from supir_engine.choices import MEMORY_POLICIES, PRECISIONS, STORAGE_DTYPE_NAMES
     from supir_engine.memory import POLICIES, STORAGE_DTYPES
 
     assert tuple(MEMORY_POLICIES) == tuple(POLICIES)
     assert sorted(STORAGE_DTYPE_NAMES) == sorted(STORAGE_DTYPES)
+    assert tuple(PRECISIONS) == tuple(device_policy.PRECISIONS)

@@ -92,7 +92,7 @@ def test_memory_policy_and_fp8_storage_flags(tmp_path, models_dir, capsys):
     common += ["--seed", "7"]
     plain, streamed = tmp_path / "plain.png", tmp_path / "streamed.png"
     assert main([*common, "-o", str(plain), "--dtype", "fp32"]) == 0
-    assert "memory stages" in capsys.readouterr().err
+    assert "memory auto -> " in capsys.readouterr().err  # the default policy
     args = [*common, "-o", str(streamed), "--dtype", "fp32", "--memory", "blocks", "--vram-budget", "0.5"]
     assert main(args) == 0
     assert "memory blocks" in capsys.readouterr().err

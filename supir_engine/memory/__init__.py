@@ -6,12 +6,12 @@
   whatever weight they hold to the compute dtype just in time, so fp8 storage works on every device, and
   a weight that is not resident is copied for the one layer that needs it: every policy computes the
   same values, the policies differ only in what is copied when.
-* Policies: ``full`` keeps every weight a run has used resident until the run ends; ``stages`` (the
-  default) keeps only the current stage's modules; ``blocks`` streams the UNet, control and text
-  encoder layers through the device in chunks, in execution order, the next chunk copied on a side CUDA
-  stream (from page-locked RAM) while the current one computes, and with ``resident_bytes`` keeps that
-  much of them resident (partial residency). ``auto`` (see ``plan``) picks the policy, the resident
-  bytes, the sampler and VAE tiles and batched or sequential CFG from the free device memory.
+* Policies: ``full`` keeps every weight a run has used resident until the run ends; ``stages`` keeps
+  only the current stage's modules; ``blocks`` streams the UNet, control and text encoder layers through
+  the device in chunks, in execution order, the next chunk copied on a side CUDA stream (from page-locked
+  RAM) while the current one computes, and with ``resident_bytes`` keeps that much of them resident
+  (partial residency). ``auto`` (the default; see ``plan``) picks the policy, the resident bytes, the
+  sampler and VAE tiles and batched or sequential CFG from the free device memory.
 * On the CPU every policy is a no-op: the weights already are where the computation runs.
 
 The package has one module per job, each readable alone: ``storage`` (dtypes the weights are kept in),

@@ -37,7 +37,7 @@ class MemoryConfig:
         by ``auto``.
     """
 
-    policy: str = "stages"
+    policy: str = "auto"
     budget_bytes: int | None = None
     resident_bytes: int | None = None
     margin_bytes: int = DEFAULT_MARGIN_BYTES
@@ -66,9 +66,9 @@ def memory_config(value: MemoryConfig | str | None) -> MemoryConfig:
 
 
 def budget_config(policy: str | None, budget_gib: float | None) -> MemoryConfig:
-    """``policy`` (None: ``stages``) planning with ``budget_gib`` GiB of device memory (None: all free)."""
+    """``policy`` (None: ``auto``) planning with ``budget_gib`` GiB of device memory (None: all free)."""
     return MemoryConfig(
-        policy=policy or "stages", budget_bytes=None if budget_gib is None else int(budget_gib * GiB)
+        policy=policy or "auto", budget_bytes=None if budget_gib is None else int(budget_gib * GiB)
     )
 
 

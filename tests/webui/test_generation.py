@@ -8,6 +8,7 @@ from modules import images, processing, scripts, sd_models, shared
 from PIL import Image
 
 from sd_webui_supir import runner
+from supir_engine.device_policy import precision_for
 
 
 def txt2img(webui, batch_size=2, n_iter=1, prompt="a photo of a <lora:film:0.7> (red cat:1.2)", **args):
@@ -217,12 +218,12 @@ def test_cpu_host_keeps_the_shared_model_and_fp8_tensors_are_used_unchanged(webu
 
 
 def test_storage_dtype_setting(webui):
-    cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert runner.load_options(cpu).dtype == torch.float32  # auto
-    assert runner.load_options(gpu).dtype == torch.float16
+    precision = precision_for("cpu")
+    assert runner.load_options(precision).dtype == torch.float16  # auto
+    assert runner.load_options(precision).vae_dtype == torch.float32  # the VAE as it computes
     shared.opts.supir_storage_dtype = "fp8"
     try:
-        assert runner.load_options(gpu).dtype == torch.float8_e4m3fn
+        assert runner.load_options(precision).dtype == torch.float8_e4m3fn
         txt2img(webui, batch_size=1)  # SUPIR's own weights stored in fp8, upcast per layer on the CPU
     finally:
         shared.opts.supir_storage_dtype = "auto"

@@ -11,6 +11,7 @@ device = torch.device("cuda")
 dtype = torch.float16
 dtype_vae = torch.float16
 dtype_unet = torch.float16
+unet_needs_upcast = False  # the webui: --upcast-sampling and not --no-half
 fp8 = False
 gc_calls = 0  # fake only
 
