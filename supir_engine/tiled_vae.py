@@ -20,7 +20,7 @@ Exactness (no seams, no colour shift)
   every core value equals the plain forward's value up to float rounding.
 * Attention (mid block, 1/8 resolution) runs globally: the phase before it stores q, k and v;
   k and v stay on the compute device and every tile's queries attend to all tokens, in query
-  chunks bounded by ``ATTENTION_CHUNK_ELEMENTS``. Per-tile attention (as in the original) would
+  chunks bounded by ``models.vae.ATTENTION_CHUNK_ELEMENTS``. Per-tile attention (as in the original) would
   change the result; global attention is exact and cheap, because k and v are at 1/8 resolution:
   2 * 512 * (H/8) * (W/8) values, 128 MiB in bf16 for a 2048 px image.
 
@@ -57,13 +57,17 @@ from torch import nn
 
 from supir_engine.golden import Check, psnr
 from supir_engine.models.ops import cast_to
-from supir_engine.models.vae import Decoder, Encoder, FirstStage, LatentEncoding, split_moments
+from supir_engine.models.vae import (
+    Decoder,
+    Encoder,
+    FirstStage,
+    LatentEncoding,
+    chunked_attention,
+    split_moments,
+)
 
 logger = logging.getLogger(__name__)
 
-# Upper bound on the (queries x keys) score elements of one attention call (matters on backends
-# without a fused kernel, which materialise the scores).
-ATTENTION_CHUNK_ELEMENTS = 1 << 24
 DEFAULT_STORAGE_DEVICE = "cpu"
 # GroupNorm of a low-precision tile is computed in float32 this many channels at a time.
 FLOAT_CHUNK_CHANNELS = 32
@@ -437,15 +441,8 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     def tokens(t: torch.Tensor) -> torch.Tensor:  # (b, c, h, w) -> (b, 1, h*w, c)
         return t.flatten(2).transpose(1, 2).unsqueeze(1)
 
-    qt, kt, vt = tokens(q).contiguous(), tokens(k), tokens(v)
-    chunk = max(1, ATTENTION_CHUNK_ELEMENTS // kt.shape[2])
-    out = torch.cat(
-        [
-            F.scaled_dot_product_attention(qt[:, :, i : i + chunk], kt, vt, scale=c**-0.5)
-            for i in range(0, h * w, chunk)
-        ],
-        dim=2,
-    )
+    vt = tokens(v)
+    out = chunked_attention(tokens(q).contiguous(), tokens(k), vt, scale=c**-0.5)
     return out.squeeze(1).transpose(1, 2).reshape(b, vt.shape[3], h, w)
 
 
