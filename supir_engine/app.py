@@ -430,8 +430,9 @@ class Outcome:
 
 def summary(result, model_name: str) -> str:
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
+    notes = result.memory.notes if result.memory is not None else ()
     return (
-        f"{infotext_line(to_infotext(result.settings, model_name))}\n\n"
+        f"{infotext_line(to_infotext(result.settings, model_name, notes))}\n\n"
         f"{result.input_size[0]}x{result.input_size[1]} -> {result.output_size[0]}x{result.output_size[1]}, "
         f"seed {result.settings.seed}; {stages}"
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .settings import UpscaleSettings
@@ -38,14 +38,26 @@ INFOTEXT_FIELDS: tuple[tuple[str, str], ...] = (
     ("negative_prompt", "SUPIR negative prompt"),
 )
 MODEL_KEY = "SUPIR model"
+PLAN_KEY = "SUPIR plan"  # written only when the memory plan changed the tiling (read back by nobody)
 
 
-def to_infotext(settings: UpscaleSettings, model_name: str | None = None) -> dict[str, str]:
-    """Settings as {infotext key: text}; ``None`` (a constant scale, untiled) is written as None."""
+def to_infotext(
+    settings: UpscaleSettings, model_name: str | None = None, plan_notes: Sequence[str] = ()
+) -> dict[str, str]:
+    """Settings as {infotext key: text}; ``None`` (a constant scale, untiled) is written as None.
+
+    ``plan_notes`` (``MemoryPlan.notes``) say how the memory plan changed the tiling, under PLAN_KEY.
+    """
     params = {key: _format(getattr(settings, attr)) for attr, key in INFOTEXT_FIELDS}
     if model_name:
         params[MODEL_KEY] = model_name
+    params.update(plan_infotext(plan_notes))
     return params
+
+
+def plan_infotext(plan_notes: Sequence[str]) -> dict[str, str]:
+    """``{PLAN_KEY: notes}`` when there are notes, else nothing."""
+    return {PLAN_KEY: _format("; ".join(plan_notes))} if plan_notes else {}
 
 
 def from_infotext(params: Mapping[str, str], base: UpscaleSettings | None = None) -> UpscaleSettings:

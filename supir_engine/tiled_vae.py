@@ -553,6 +553,53 @@ def _run_program(
 
 
 # --------------------------------------------------------------------------------------------
+# Storage accounting
+
+
+def _storage_peak(program: _Program, input_size: Size, itemsize: int, batch: int, recompute: bool) -> int:
+    """Most bytes of full maps on the storage device at once, as ``_execute`` allocates and drops them."""
+    sizes = _infer_sizes(program, input_size)
+    on_device = {s for op in program.ops if op.kind == "attn" for s in op.srcs[1:]} | {program.output}
+    live: dict[str, int] = {}
+    peak = 0
+    for run in _plan(program, recompute):
+        if run.store:
+            stored = (n for n in run.targets if n not in on_device)
+            live.update((n, batch * math.prod(sizes[n]) * itemsize) for n in stored)
+        peak = max(peak, sum(live.values()))
+        for name in run.drop:
+            live.pop(name, None)
+    return peak
+
+
+def storage_bytes(
+    first_stage: FirstStage,
+    direction: str,
+    output_hw: tuple[int, int],
+    dtype: torch.dtype,
+    *,
+    batch: int = 1,
+    recompute: bool = False,
+) -> int:
+    """Bytes of full maps the tiled VAE keeps on its storage device for an ``output_hw`` image.
+
+    ``direction`` is "encode" (image of ``output_hw`` pixels in) or "decode" (its latent in, the image
+    out). Only the module shapes are read: a model on the ``meta`` device will do.
+    """
+    config = first_stage.config
+    h, w = output_hw
+    if direction == "encode":
+        program = _encoder_program(first_stage.encoder, first_stage.quant_conv)
+        size = (config.in_channels, h, w)
+    elif direction == "decode":
+        program = _decoder_program(first_stage.decoder, first_stage.post_quant_conv)
+        size = (config.embed_dim, h // 8, w // 8)
+    else:
+        raise ValueError(f"direction must be 'encode' or 'decode', got {direction!r}")
+    return _storage_peak(program, size, dtype.itemsize, batch, recompute)
+
+
+# --------------------------------------------------------------------------------------------
 # Public API
 
 

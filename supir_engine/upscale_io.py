@@ -24,9 +24,13 @@ def load_image(path: Path) -> Image.Image:
         raise ImageReadError(f"cannot read {path.name} as an image ({exc})") from exc
 
 
+def _plan_notes(result) -> tuple[str, ...]:
+    return result.memory.notes if getattr(result, "memory", None) is not None else ()
+
+
 def save_png(result, path: Path, model_name: str | None = None) -> Path:
     """Write the PNG with the parameters as a webui-style ``parameters`` text chunk and as JSON."""
-    params = to_infotext(result.settings, model_name)
+    params = to_infotext(result.settings, model_name, _plan_notes(result))
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", infotext_line(params))
     info.add_text("supir", json.dumps({**result.settings.to_dict(), "model": model_name}))
