@@ -30,9 +30,11 @@ A buffer that crosses a phase boundary is kept as a full map on the *storage dev
 default; only tile crops travel to the compute device). On the compute device a phase holds one
 tile's crops and intermediates, plus k/v (the one term that grows with the image) and the small
 statistics. The storage device holds at most about three full maps at once (block input, block
-middle, block output). With ``recompute=True`` the middle map of every ResnetBlock (the output of
-conv1) is not stored: a statistics-only pass computes its GroupNorm statistics, and the next phase
-recomputes it per tile from the block input with a two-pixel halo. That saves one full map of
+middle, block output); ``storage_bytes`` gives that peak, and the planner keeps the maps on the compute
+device instead when its budget has room (``MemoryPlan.vae_storage``). With ``recompute=True`` the
+middle map of every ResnetBlock (the output of conv1) is not stored: a statistics-only pass computes its
+GroupNorm statistics, and the next phase recomputes it per tile from the block input with a two-pixel
+halo. That saves one full map of
 storage (and its transfers) for one extra 3x3 conv per block (+30-40 % FLOPs). Otherwise tiles
 overlap only by one- or two-pixel halos, so the tiled forward costs barely more FLOPs than the
 plain one; the price is the traffic to and from the storage device (every stored map is written
