@@ -36,7 +36,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from pydantic import BaseModel, Field
 
 from supir_engine.errors import CancelledError, CheckpointNotFoundError, SupirError
-from supir_engine.infotext import infotext_line, precision_label
+from supir_engine.infotext import infotext_line, plan_notes, precision_label
 from supir_engine.preprocess import MAX_PIXELS, MAX_SIDE
 from supir_engine.settings import preset_key
 
@@ -154,7 +154,7 @@ def upscale(req: UpscaleRequest) -> UpscaleResponse:
             raise HTTPException(status_code=500, detail=runner.user_message(exc)) from exc
         finally:
             shared.state.end()
-    params = infotext_params(args, result.settings, default_prompts(), precision_label(result))
+    params = infotext_params(args, result.settings, default_prompts(), precision_label(result), plan_notes(result))
     text = infotext_line({k: str(v) for k, v in params.items()})
     return UpscaleResponse(
         image=encode_png(out, text),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supir_engine.errors import SupirError
-from supir_engine.infotext import INFOTEXT_FIELDS, MODEL_KEY, PRECISION_KEY
+from supir_engine.infotext import INFOTEXT_FIELDS, MODEL_KEY, PLAN_KEY, PRECISION_KEY, plan_infotext
 from supir_engine.settings import (
     COLOR_FIXES,
     DEFAULT_NEGATIVE_PROMPT,
@@ -237,6 +237,7 @@ ALL_INFOTEXT_KEYS: tuple[str, ...] = (
     SKIP_IMG2IMG_KEY,
     SEED_FROM_IMAGE_KEY,
     PRECISION_KEY,
+    PLAN_KEY,
 )
 # Fields read back from other keys (no key of their own): True when the ramp's start value is written.
 DERIVED_FIELDS: dict[str, Callable[[Mapping[str, str]], Any]] = {
@@ -255,6 +256,7 @@ def infotext_params(
     settings: UpscaleSettings,
     default_prompts: tuple[str, str] = ("", ""),
     precision: str | None = None,
+    plan_notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Infotext ``{key: raw value}`` for one upscale (the webui quotes values itself).
 
@@ -280,6 +282,7 @@ def infotext_params(
             params.pop(_ENGINE_KEYS[attr], None)
     if precision:
         params[PRECISION_KEY] = precision
+    params.update(plan_infotext(plan_notes))
     return params
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from supir_engine.alpha import keep_alpha
 from supir_engine.errors import SupirError
-from supir_engine.infotext import precision_label
+from supir_engine.infotext import plan_notes, precision_label
 from supir_engine.pipeline import UpscaleResult
 
 from . import runner
@@ -61,4 +61,4 @@ def process(pp, values: Mapping[str, Any]) -> None:
         pp.info["SUPIR"] = message
         return
     pp.image = image
-    pp.info.update(infotext_params(args, result.settings, default_prompts(), precision_label(result)))
+    pp.info.update(infotext_params(args, result.settings, default_prompts(), precision_label(result), plan_notes(result)))

@@ -15,7 +15,7 @@ from typing import Any
 from modules import images, processing, shared
 
 from supir_engine.errors import CancelledError, SupirError
-from supir_engine.infotext import precision_label
+from supir_engine.infotext import plan_notes, precision_label
 
 from . import runner
 from .args import ALL_INFOTEXT_KEYS, ArgumentError, SupirArgs, from_values, infotext_params, to_settings
@@ -159,7 +159,7 @@ def postprocess_image(p, pp) -> None:
         BEFORE.remember(shared.state.job_timestamp, index, source)
     pp.image = result.image
     job.params[index] = {
-        **infotext_params(args, result.settings, default_prompts(), precision_label(result)),
+        **infotext_params(args, result.settings, default_prompts(), precision_label(result), plan_notes(result)),
         "Size": f"{result.image.width}x{result.image.height}",
         GENERATION_SIZE_KEY: f"{p.width}x{p.height}",
     }

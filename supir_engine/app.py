@@ -31,7 +31,7 @@ from .checkpoints import LoadOptions
 from .device_policy import precision_for
 from .device_select import pick_device
 from .errors import CancelledError, CheckpointNotFoundError, SupirError
-from .infotext import infotext_line, precision_label, to_infotext
+from .infotext import infotext_line, result_infotext
 from .memory import budget_config
 from .model_cache import ModelCache
 from .preprocess import MAX_PIXELS, MAX_SIDE, ImageError, check_size, target_size
@@ -498,7 +498,7 @@ class Outcome:
 def summary(result, model_name: str) -> str:
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
     return (
-        f"{infotext_line(to_infotext(result.settings, model_name, precision_label(result)))}\n\n"
+        f"{infotext_line(result_infotext(result, model_name))}\n\n"
         f"{result.input_size[0]}x{result.input_size[1]} -> {result.output_size[0]}x{result.output_size[1]}, "
         f"seed {result.settings.seed}; {stages}"
     )

@@ -483,7 +483,7 @@ def upscale_files(args: argparse.Namespace) -> int:
         try:
             image = load_image(src)
             result = pipeline.upscale(image, settings, TqdmHost(src.name, settings.steps))
-            save_image(keep_alpha(image, result.image), result.settings, dst, model_name)
+            save_image(keep_alpha(image, result.image), result, dst, model_name)
         except CancelledError:
             raise
         except (SupirError, OSError) as exc:

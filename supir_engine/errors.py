@@ -52,3 +52,12 @@ class DeviceMemoryError(SupirError):
         self.needed = needed
         self.budget = budget
         super().__init__(message)
+
+
+class HostMemoryError(SupirError):
+    """The run would need more RAM than is available (``needed`` and ``available`` in bytes)."""
+
+    def __init__(self, message: str, needed: int | None = None, available: int | None = None):
+        self.needed = needed
+        self.available = available
+        super().__init__(message)

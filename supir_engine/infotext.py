@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .settings import UpscaleSettings
@@ -39,24 +39,49 @@ INFOTEXT_FIELDS: tuple[tuple[str, str], ...] = (
 )
 MODEL_KEY = "SUPIR model"
 PRECISION_KEY = "SUPIR precision"  # what ran (Precision.label); informative, not read back
+PLAN_KEY = "SUPIR plan"  # written only when the memory plan changed the tiling (read back by nobody)
 
 
 def to_infotext(
-    settings: UpscaleSettings, model_name: str | None = None, precision: str | None = None
+    settings: UpscaleSettings,
+    model_name: str | None = None,
+    precision: str | None = None,
+    plan_notes: Sequence[str] = (),
 ) -> dict[str, str]:
-    """Settings as {infotext key: text}; ``None`` (a constant scale, untiled) is written as None."""
+    """Settings as {infotext key: text}; ``None`` (a constant scale, untiled) is written as None.
+
+    ``precision`` (``Precision.label``) is what the run computed in; ``plan_notes`` (``MemoryPlan.notes``) say
+    how the memory plan changed the tiling, under PLAN_KEY.
+    """
     params = {key: _format(getattr(settings, attr)) for attr, key in INFOTEXT_FIELDS}
     if model_name:
         params[MODEL_KEY] = model_name
     if precision:
         params[PRECISION_KEY] = _format(precision)
+    params.update(plan_infotext(plan_notes))
     return params
+
+
+def result_infotext(result: Any, model_name: str | None = None) -> dict[str, str]:
+    """The infotext of an UpscaleResult: its settings, precision and memory-plan notes."""
+    return to_infotext(result.settings, model_name, precision_label(result), plan_notes(result))
 
 
 def precision_label(result: Any) -> str | None:
     """The precision an UpscaleResult ran in, as infotext shows it (None when it does not say)."""
     precision = getattr(result, "precision", None)
     return None if precision is None else precision.label
+
+
+def plan_notes(result: Any) -> tuple[str, ...]:
+    """How the memory plan of an UpscaleResult changed the tiling (empty when it did not)."""
+    memory = getattr(result, "memory", None)
+    return tuple(getattr(memory, "notes", ()) or ())
+
+
+def plan_infotext(notes: Sequence[str]) -> dict[str, str]:
+    """``{PLAN_KEY: notes}`` when there are notes, else nothing."""
+    return {PLAN_KEY: _format("; ".join(notes))} if notes else {}
 
 
 def from_infotext(params: Mapping[str, str], base: UpscaleSettings | None = None) -> UpscaleSettings:

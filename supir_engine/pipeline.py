@@ -199,6 +199,7 @@ class SUPIRPipeline:
         self._transfer, self._observer = transfer, observer
         self._residency: Residency | None = None
         self._stage1_cache: tuple[tuple, Stage1] | None = None
+        self._vae_storage: torch.device | None = None  # where the tiled VAE keeps its maps (None: RAM)
 
     @classmethod
     def from_files(
@@ -265,7 +266,9 @@ class SUPIRPipeline:
             return vae
         from .tiled_vae import TiledFirstStage
 
-        return TiledFirstStage(vae, settings.vae_encoder_tile, settings.vae_decoder_tile)
+        return TiledFirstStage(
+            vae, settings.vae_encoder_tile, settings.vae_decoder_tile, storage_device=self._vae_storage
+        )
 
     def _stage1_key(self, image: Image.Image, settings: UpscaleSettings) -> tuple:
         return (
@@ -351,6 +354,9 @@ class SUPIRPipeline:
         lq, _ = prepare_image(image, settings.scale, settings.min_size, settings.alignment)
         timings["preprocess"] = time.perf_counter() - start
         plan = self.plan_memory(tuple(lq.shape[-2:]), settings)
+        for note in plan.notes:
+            log.info("memory plan: %s", note)
+        self._vae_storage = self.device if plan.vae_storage == "device" else None
         settings = plan.apply(settings)
         self._residency = self._residency_for(plan)
         key = self._stage1_key(image, settings)

@@ -20,7 +20,7 @@ Exactness (no seams, no colour shift)
   every core value equals the plain forward's value up to float rounding.
 * Attention (mid block, 1/8 resolution) runs globally: the phase before it stores q, k and v;
   k and v stay on the compute device and every tile's queries attend to all tokens, in query
-  chunks bounded by ``ATTENTION_CHUNK_ELEMENTS``. Per-tile attention (as in the original) would
+  chunks bounded by ``models.vae.ATTENTION_CHUNK_ELEMENTS``. Per-tile attention (as in the original) would
   change the result; global attention is exact and cheap, because k and v are at 1/8 resolution:
   2 * 512 * (H/8) * (W/8) values, 128 MiB in bf16 for a 2048 px image.
 
@@ -30,9 +30,11 @@ A buffer that crosses a phase boundary is kept as a full map on the *storage dev
 default; only tile crops travel to the compute device). On the compute device a phase holds one
 tile's crops and intermediates, plus k/v (the one term that grows with the image) and the small
 statistics. The storage device holds at most about three full maps at once (block input, block
-middle, block output). With ``recompute=True`` the middle map of every ResnetBlock (the output of
-conv1) is not stored: a statistics-only pass computes its GroupNorm statistics, and the next phase
-recomputes it per tile from the block input with a two-pixel halo. That saves one full map of
+middle, block output); ``storage_bytes`` gives that peak, and the planner keeps the maps on the compute
+device instead when its budget has room (``MemoryPlan.vae_storage``). With ``recompute=True`` the
+middle map of every ResnetBlock (the output of conv1) is not stored: a statistics-only pass computes its
+GroupNorm statistics, and the next phase recomputes it per tile from the block input with a two-pixel
+halo. That saves one full map of
 storage (and its transfers) for one extra 3x3 conv per block (+30-40 % FLOPs). Otherwise tiles
 overlap only by one- or two-pixel halos, so the tiled forward costs barely more FLOPs than the
 plain one; the price is the traffic to and from the storage device (every stored map is written
@@ -57,13 +59,17 @@ from torch import nn
 
 from supir_engine.golden import Check, psnr
 from supir_engine.models.ops import cast_to
-from supir_engine.models.vae import Decoder, Encoder, FirstStage, LatentEncoding, split_moments
+from supir_engine.models.vae import (
+    Decoder,
+    Encoder,
+    FirstStage,
+    LatentEncoding,
+    chunked_attention,
+    split_moments,
+)
 
 logger = logging.getLogger(__name__)
 
-# Upper bound on the (queries x keys) score elements of one attention call (matters on backends
-# without a fused kernel, which materialise the scores).
-ATTENTION_CHUNK_ELEMENTS = 1 << 24
 DEFAULT_STORAGE_DEVICE = "cpu"
 # GroupNorm of a low-precision tile is computed in float32 this many channels at a time.
 FLOAT_CHUNK_CHANNELS = 32
@@ -437,15 +443,8 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     def tokens(t: torch.Tensor) -> torch.Tensor:  # (b, c, h, w) -> (b, 1, h*w, c)
         return t.flatten(2).transpose(1, 2).unsqueeze(1)
 
-    qt, kt, vt = tokens(q).contiguous(), tokens(k), tokens(v)
-    chunk = max(1, ATTENTION_CHUNK_ELEMENTS // kt.shape[2])
-    out = torch.cat(
-        [
-            F.scaled_dot_product_attention(qt[:, :, i : i + chunk], kt, vt, scale=c**-0.5)
-            for i in range(0, h * w, chunk)
-        ],
-        dim=2,
-    )
+    vt = tokens(v)
+    out = chunked_attention(tokens(q).contiguous(), tokens(k), vt, scale=c**-0.5)
     return out.squeeze(1).transpose(1, 2).reshape(b, vt.shape[3], h, w)
 
 
@@ -553,6 +552,53 @@ def _run_program(
     for run in runs:
         _execute(run, ctx)
     return ctx.maps[program.output]
+
+
+# --------------------------------------------------------------------------------------------
+# Storage accounting
+
+
+def _storage_peak(program: _Program, input_size: Size, itemsize: int, batch: int, recompute: bool) -> int:
+    """Most bytes of full maps on the storage device at once, as ``_execute`` allocates and drops them."""
+    sizes = _infer_sizes(program, input_size)
+    on_device = {s for op in program.ops if op.kind == "attn" for s in op.srcs[1:]} | {program.output}
+    live: dict[str, int] = {}
+    peak = 0
+    for run in _plan(program, recompute):
+        if run.store:
+            stored = (n for n in run.targets if n not in on_device)
+            live.update((n, batch * math.prod(sizes[n]) * itemsize) for n in stored)
+        peak = max(peak, sum(live.values()))
+        for name in run.drop:
+            live.pop(name, None)
+    return peak
+
+
+def storage_bytes(
+    first_stage: FirstStage,
+    direction: str,
+    output_hw: tuple[int, int],
+    dtype: torch.dtype,
+    *,
+    batch: int = 1,
+    recompute: bool = False,
+) -> int:
+    """Bytes of full maps the tiled VAE keeps on its storage device for an ``output_hw`` image.
+
+    ``direction`` is "encode" (image of ``output_hw`` pixels in) or "decode" (its latent in, the image
+    out). Only the module shapes are read: a model on the ``meta`` device will do.
+    """
+    config = first_stage.config
+    h, w = output_hw
+    if direction == "encode":
+        program = _encoder_program(first_stage.encoder, first_stage.quant_conv)
+        size = (config.in_channels, h, w)
+    elif direction == "decode":
+        program = _decoder_program(first_stage.decoder, first_stage.post_quant_conv)
+        size = (config.embed_dim, h // 8, w // 8)
+    else:
+        raise ValueError(f"direction must be 'encode' or 'decode', got {direction!r}")
+    return _storage_peak(program, size, dtype.itemsize, batch, recompute)
 
 
 # --------------------------------------------------------------------------------------------

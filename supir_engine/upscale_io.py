@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from .errors import SupirError
-from .infotext import infotext_line, precision_label, to_infotext
+from .infotext import infotext_line, result_infotext
 from .output_names import output_format
 
 EXIF_IFD = 0x8769
@@ -74,19 +74,14 @@ def read_user_comment(image: Image.Image) -> str | None:
     return raw[8:].decode("ascii", errors="replace")
 
 
-def save_image(
-    image: Image.Image,
-    settings,
-    path: Path,
-    model_name: str | None = None,
-    precision: str | None = None,
-) -> Path:
+def save_image(image: Image.Image, result, path: Path, model_name: str | None = None) -> Path:
     """Write ``image`` in the format ``path``'s extension names, atomically (a temporary file renamed).
 
     PNG: the parameters in a webui-style ``parameters`` text chunk and as JSON (``supir``). JPEG / WebP: the
     infotext in EXIF UserComment, where the webui's PNG Info looks. JPEG has no alpha: it is dropped."""
     fmt = output_format(path)
-    line = infotext_line(to_infotext(settings, model_name, precision))
+    settings = result.settings
+    line = infotext_line(result_infotext(result, model_name))
     extra: dict = {}
     if fmt == "PNG":
         info = PngImagePlugin.PngInfo()
@@ -115,4 +110,4 @@ def save_image(
 
 def save_png(result, path: Path, model_name: str | None = None) -> Path:
     """Write a pipeline result as PNG (parameters embedded); see :func:`save_image`."""
-    return save_image(result.image, result.settings, path, model_name, precision_label(result))
+    return save_image(result.image, result, path, model_name)

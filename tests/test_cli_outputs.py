@@ -161,11 +161,11 @@ def test_a_failed_write_is_reported_and_the_batch_goes_on(tmp_path, models_dir, 
     real = upscale_io.save_image
     calls = []
 
-    def flaky(image, settings, path, model_name=None):
+    def flaky(image, result, path, model_name=None):
         calls.append(path)
         if len(calls) == 1:
             raise PermissionError(13, "Permission denied", str(path))
-        return real(image, settings, path, model_name)
+        return real(image, result, path, model_name)
 
     monkeypatch.setattr(upscale_io, "save_image", flaky)
     a, b = write_image(tmp_path / "a.png"), write_image(tmp_path / "b.png")

@@ -190,3 +190,40 @@ def test_working_set_bounded_by_tile(tiny_vae: FirstStage) -> None:
     # full-resolution tiles are 32x32 px (+ a few halo pixels) out of 128x192: 1/24 of the image
     _report(f"largest new tensor: plain {plain.largest}, tiled {tiled.largest} elements")
     assert tiled.largest * 10 < plain.largest
+
+
+@pytest.mark.parametrize(("direction", "recompute"), [("decode", False), ("decode", True), ("encode", False)])
+def test_storage_bytes_is_what_the_tiled_vae_keeps_off_the_device(
+    tiny_vae: FirstStage, monkeypatch: pytest.MonkeyPatch, direction: str, recompute: bool
+) -> None:
+    """The accounting the planner uses equals the peak of full maps allocated on the storage device."""
+    import weakref
+
+    from bench.fakecuda import FakeCuda
+    from supir_engine import tiled_vae as module
+    from supir_engine.tiled_vae import storage_bytes
+
+    live, peak = [0], [0]
+    new_map = module._new_map
+
+    def counting(shape, dtype, device, channels_last=False):  # noqa: ANN001, ANN202
+        t = new_map(shape, dtype, device, channels_last)
+        if t.device.type == "cpu":
+            nbytes = t.numel() * t.element_size()
+            live[0] += nbytes
+            peak[0] = max(peak[0], live[0])
+            weakref.finalize(t, lambda: live.__setitem__(0, live[0] - nbytes))
+        return t
+
+    monkeypatch.setattr(module, "_new_map", counting)
+    with FakeCuda(), torch.no_grad():
+        vae = FirstStage(tiny_vae.config).to("cuda")
+        if direction == "decode":
+            tiled_decode(vae, torch.randn(1, 4, 8, 12, device="cuda"), 4, recompute=recompute)
+        else:
+            tiled_encode_moments(
+                vae, torch.randn(1, 3, 64, 96, device="cuda"), False, 32, recompute=recompute
+            )
+    expected = storage_bytes(tiny_vae, direction, (64, 96), torch.float32, recompute=recompute)
+    _report(f"{direction} recompute={recompute}: stored {peak[0]} bytes, accounted {expected}")
+    assert peak[0] == expected > 0

@@ -96,3 +96,29 @@ def test_unknown_outputs_are_skipped(tiny_vae: FirstStage, d1: tuple[dict[str, t
     tensors, sidecar = d1
     extra = dict(tensors, out_something_tiled=torch.zeros(1))
     assert "out_something_tiled" not in run_vae_case(tiny_vae, extra, sidecar)
+
+
+def test_attention_score_matrix_is_bounded(tiny_vae: FirstStage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever kernel the backend has, no attention call sees more than the bound of score elements."""
+    import torch.nn.functional as F
+
+    from supir_engine.models import vae as vae_module
+
+    latent = torch.randn(1, 4, 16, 12, generator=torch.Generator().manual_seed(0)) * 0.5
+    with torch.inference_mode():
+        whole = tiny_vae.decode(latent)
+    bound = 1000  # 192 tokens: the unchunked score matrix has 36,864 elements
+    calls: list[tuple[int, int]] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+        calls.append((q.shape[-2], k.shape[-2]))
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(vae_module, "ATTENTION_CHUNK_ELEMENTS", bound, raising=False)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    with torch.inference_mode():
+        chunked = tiny_vae.decode(latent)
+    assert calls and all(queries * keys <= bound for queries, keys in calls)
+    assert sum(queries for queries, _ in calls) == 16 * 12
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-3)  # float32 rounding only

@@ -10,8 +10,8 @@ from itertools import product
 import torch
 from torch import nn
 
-from ..errors import DeviceMemoryError
-from .config import MemoryConfig, MiB, device_budget, gib
+from ..errors import DeviceMemoryError, HostMemoryError
+from .config import MemoryConfig, MiB, available_host_bytes, device_budget, gib
 from .storage import tensor_bytes
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ class Workload:
     vae_channels: int = 128
     tile: tuple[int, int] | None = None  # (size, stride) the user asked for; None = free (auto) or untiled
     vae_tiles: tuple[int | None, int | None] = (None, None)
+    # bytes of full maps the tiled VAE stores (encode, decode) at this size; None: estimated per pixel
+    vae_map_bytes: tuple[int, int] | None = None
 
     @classmethod
     def of(
@@ -48,8 +50,11 @@ class Workload:
         dtype: torch.dtype,
         vae_dtype: torch.dtype = torch.bfloat16,
     ) -> Workload:
+        from ..tiled_vae import storage_bytes
+
         vae = model.first_stage_model
         weights = [*model.model.parameters(), *model.conditioner.parameters()]
+        maps = tuple(storage_bytes(vae, d, output_hw, vae_dtype) for d in ("encode", "decode"))
         tile = None if settings.tile_size is None else (settings.tile_size, settings.tile_stride)
         return cls(
             latent_hw=(output_hw[0] // 8, output_hw[1] // 8),
@@ -68,6 +73,7 @@ class Workload:
             vae_channels=model.config.vae.ch,
             tile=tile,
             vae_tiles=(settings.vae_encoder_tile, settings.vae_decoder_tile),
+            vae_map_bytes=maps,  # type: ignore[arg-type]
         )
 
 
@@ -84,6 +90,9 @@ class MemoryPlan:
     estimated_peak_bytes: int | None = None
     requested: str = "stages"
     tile_batch: int = 1  # sampler tiles per network call
+    vae_storage: str = "host"  # where the tiled VAE keeps its full maps: "device" or "host" (RAM)
+    host_bytes: int = 0  # RAM those maps take when kept on the host (0: untiled VAE or device storage)
+    notes: tuple[str, ...] = ()  # how the plan changed the user's tiling, for the log and the infotext
 
     def apply(self, settings: object) -> object:
         """``settings`` with this plan's tiles (UpscaleSettings)."""
@@ -104,6 +113,9 @@ class MemoryPlan:
             "vae_tiles": self.vae_tiles,
             "budget_bytes": self.budget_bytes,
             "estimated_peak_bytes": self.estimated_peak_bytes,
+            "vae_storage": self.vae_storage,
+            "host_bytes": self.host_bytes,
+            "notes": list(self.notes),
         }
 
 
@@ -129,7 +141,17 @@ TEXT_ACT_BYTES = 64 * MiB
 FLOPS_PER_STREAMED_BYTE = 1500.0
 SEQUENTIAL_CFG_SLOWDOWN = 1.1
 
+# Full maps the tiled VAE stores at once, per image pixel (bf16, 128 base channels): three maps of 128
+# channels while encoding, two of 256 while decoding (``tiled_vae.storage_bytes`` gives them exactly).
+VAE_ENCODE_MAP_BYTES_PER_PX = 768
+VAE_DECODE_MAP_BYTES_PER_PX = 1024
+# RAM left free beside the tiled VAE's maps (the host's own working memory)
+HOST_MARGIN_BYTES = 1 << 30
+
 SAMPLER_TILES = (None, 224, 192, 160, 128, 96, 64, 48, 32)  # latent px; stride = tile // 2
+# SDXL was trained at 1024 px (128 latent px): smaller sampler tiles lose global context. The planner
+# streams more before it goes below this, and says so when it has to.
+TILE_FLOOR = 128
 VAE_ENCODER_TILES = (None, 2048, 1536, 1024, 768, 512, 384, 256, 128)  # image px
 VAE_DECODER_TILES = (None, 256, 192, 128, 96, 64, 48, 32, 16)  # latent px
 
@@ -144,6 +166,8 @@ class _Option:
     peak: int
     cost: float
     tile_batch: int = 1
+    vae_storage: str = "host"
+    host_bytes: int = 0
 
 
 def _tiles(latent_hw: tuple[int, int], tile: tuple[int, int] | None) -> tuple[int, int]:
@@ -202,6 +226,41 @@ def _vae_choice(work: Workload, room: int) -> tuple[tuple[int | None, int | None
             if peak <= room:
                 return (enc, dec), peak
     return (encoders[-1], decoders[-1]), _vae_peak(work, (encoders[-1], decoders[-1]), weights)
+
+
+def _vae_map_bytes(work: Workload, tiles: tuple[int | None, int | None]) -> int:
+    """Bytes of full maps the tiled VAE stores with these tiles (0 when both directions run plain)."""
+    h, w = work.latent_hw
+    if work.vae_map_bytes is not None:
+        encode, decode = work.vae_map_bytes
+    else:
+        per_px = 64 * h * w * work.vae_channels / 128 * work.vae_itemsize / 2
+        encode, decode = int(VAE_ENCODE_MAP_BYTES_PER_PX * per_px), int(VAE_DECODE_MAP_BYTES_PER_PX * per_px)
+    enc_tile, dec_tile = tiles
+    encode_tiled = enc_tile is not None and enc_tile < 8 * max(h, w)
+    decode_tiled = dec_tile is not None and dec_tile < max(h, w)
+    return max(encode if encode_tiled else 0, decode if decode_tiled else 0)
+
+
+def _below_floor(tile: tuple[int, int] | None) -> bool:
+    # tiles are only ever smaller than the latent, so below the floor also covers "smaller than the latent"
+    return tile is not None and tile[0] < TILE_FLOOR
+
+
+def _host_fits(host_bytes: int, available: int | None) -> bool:
+    return host_bytes == 0 or available is None or host_bytes + HOST_MARGIN_BYTES <= available
+
+
+def _host_error(work: Workload, need: int, available: int) -> HostMemoryError:
+    h, w = work.latent_hw
+    return HostMemoryError(
+        f"a {8 * w}x{8 * h} output needs about {_gib(need + HOST_MARGIN_BYTES)} of free RAM for the tiled "
+        f"VAE's full-size maps ({_gib(need)}, plus {_gib(HOST_MARGIN_BYTES)} kept free), but only "
+        f"{_gib(available)} is available and the device has no room to keep them. Choose a smaller output "
+        "size, close other programs to free RAM, or use a machine with more RAM or GPU memory.",
+        needed=need,
+        available=available,
+    )
 
 
 def _stream_extra(work: Workload, chunk_bytes: int) -> int:
@@ -282,8 +341,12 @@ def _option(
     vae_tiles, vae_peak = _vae_choice(work, room - others)
     if vae_peak + others > room:
         vae_tiles, vae_peak = _vae_choice(work, budget - others)
+    maps = _vae_map_bytes(work, vae_tiles)
+    storage = "host"
+    if maps and vae_peak + others + maps <= budget:  # keep the maps on the device: no RAM, no copies
+        storage, vae_peak, maps = "device", vae_peak + maps, 0
     peak = max(sampling, text, vae_peak + others)
-    return _Option(policy, resident, batch_cfg, tile, vae_tiles, peak, 0.0)
+    return _Option(policy, resident, batch_cfg, tile, vae_tiles, peak, 0.0, 1, storage, maps)
 
 
 def _estimate(
@@ -297,13 +360,17 @@ def _estimate(
     return max(sampling, text, vae + others)
 
 
-def plan(workload: Workload, budget: int, config: MemoryConfig) -> MemoryPlan:
-    """The fastest arrangement whose estimated peak fits ``budget`` bytes.
+def plan(
+    workload: Workload, budget: int, config: MemoryConfig, host_available: int | None = None
+) -> MemoryPlan:
+    """The fastest arrangement whose estimated peak fits ``budget`` bytes (and its RAM ``host_available``).
 
     Tries full / stages / blocks with as much resident as fits, every sampler tile (untiled first) with
-    batched or sequential CFG, and for each the largest VAE tiles that fit; the cost is FLOPs (tile
-    overlap included) plus streamed weight bytes at FLOPS_PER_STREAMED_BYTE. Raises DeviceMemoryError
-    naming the budget and the smallest need when nothing fits.
+    batched or sequential CFG, and for each the largest VAE tiles that fit, their full maps kept on the
+    device when there is room; the cost is FLOPs (tile overlap included) plus streamed weight bytes at
+    FLOPS_PER_STREAMED_BYTE. Sampler tiles below TILE_FLOOR are used only when nothing else fits (with a
+    warning). Raises DeviceMemoryError naming the budget and the smallest need when nothing fits, and
+    HostMemoryError when the tiled VAE's maps fit neither on the device nor in ``host_available`` bytes.
     """
     options = list(_options(workload, budget, config))
     fitting = [o for o in options if o.peak <= budget]
@@ -318,7 +385,12 @@ def plan(workload: Workload, budget: int, config: MemoryConfig) -> MemoryPlan:
             needed=need,
             budget=budget,
         )
-    best = min(fitting, key=lambda o: (o.cost, o.peak))
+    in_ram = [o for o in fitting if _host_fits(o.host_bytes, host_available)]
+    if not in_ram:
+        raise _host_error(workload, min(o.host_bytes for o in fitting), host_available or 0)
+    at_floor = [o for o in in_ram if not _below_floor(o.tile)]
+    best = min(at_floor or in_ram, key=lambda o: (o.cost, o.peak))
+    notes = _notes(workload, best.tile, budget)
     log.info(
         "memory plan for a budget of %s: %s, resident %s, tile %s (%d per call), VAE tiles %s, %s CFG, "
         "estimated peak %s",
@@ -331,6 +403,8 @@ def plan(workload: Workload, budget: int, config: MemoryConfig) -> MemoryPlan:
         "batched" if best.batch_cfg else "sequential",
         _gib(best.peak),
     )
+    if best.host_bytes:
+        log.info("tiled VAE keeps %s of full-size maps in RAM", _gib(best.host_bytes))
     return MemoryPlan(
         policy=best.policy,
         resident_bytes=best.resident,
@@ -341,20 +415,47 @@ def plan(workload: Workload, budget: int, config: MemoryConfig) -> MemoryPlan:
         estimated_peak_bytes=best.peak,
         requested=config.policy,
         tile_batch=best.tile_batch,
+        vae_storage=best.vae_storage,
+        host_bytes=best.host_bytes,
+        notes=notes,
     )
+
+
+def _notes(work: Workload, tile: tuple[int, int] | None, budget: int) -> tuple[str, ...]:
+    """What the plan changed about the user's sampler tiling, if anything."""
+    if work.tile is not None or tile is None:
+        return ()
+    notes = [f"tiled {tile[0]}/{tile[1]} to fit {_gib(budget)}"]
+    if _below_floor(tile):
+        notes.append(f"below the tile floor of {TILE_FLOOR}: quality may suffer")
+        log.warning(
+            "memory plan: nothing fits %s with sampler tiles of %d latent px or more; using %d, which may "
+            "lower quality (SDXL works best on 1024 px tiles). Free GPU memory or choose a smaller output.",
+            _gib(budget),
+            TILE_FLOOR,
+            tile[0],
+        )
+    return tuple(notes)
 
 
 def plan_memory(workload: Workload, config: MemoryConfig, device: torch.device) -> MemoryPlan:
     """Resolve ``config`` for this workload on ``device``: ``auto`` plans (see ``plan``), others are fixed."""
     budget = device_budget(device, config)
+    host = None if device.type == "cpu" else available_host_bytes()  # on the CPU, RAM is the device
     if config.policy == "auto":
         if budget is None:  # the CPU: nothing to plan
             return _fixed_plan(workload, config, "stages", None)
-        return plan(workload, budget, config)
-    return _fixed_plan(workload, config, config.policy, budget)
+        return plan(workload, budget, config, host)
+    return _fixed_plan(workload, config, config.policy, budget, host)
 
 
-def _fixed_plan(workload: Workload, config: MemoryConfig, policy: str, budget: int | None) -> MemoryPlan:
+def _fixed_plan(
+    workload: Workload,
+    config: MemoryConfig,
+    policy: str,
+    budget: int | None,
+    host_available: int | None = None,
+) -> MemoryPlan:
     resident = config.resident_bytes
     if resident is None and policy == "blocks" and config.budget_bytes is not None:
         resident = _room_for_resident(workload, config)
@@ -370,6 +471,12 @@ def _fixed_plan(workload: Workload, config: MemoryConfig, policy: str, budget: i
             _gib(estimate),
             _gib(budget),
         )
+    maps = _vae_map_bytes(workload, workload.vae_tiles)
+    storage = "device" if maps and budget is not None and estimate + maps <= budget else "host"
+    if storage == "device":
+        estimate, maps = estimate + maps, 0
+    elif not _host_fits(maps, host_available):
+        raise _host_error(workload, maps, host_available or 0)
     return MemoryPlan(
         policy=policy,
         resident_bytes=resident or 0,
@@ -380,6 +487,8 @@ def _fixed_plan(workload: Workload, config: MemoryConfig, policy: str, budget: i
         estimated_peak_bytes=estimate,
         requested=config.policy,
         tile_batch=tile_batch,
+        vae_storage=storage,
+        host_bytes=maps,
     )
 
 

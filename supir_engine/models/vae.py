@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 LOGVAR_MIN = -30.0
 LOGVAR_MAX = 20.0
+# Upper bound on the (queries x keys) score elements of one attention call. Backends without a fused
+# kernel (the math fallback on pre-Ampere GPUs) materialise the scores: unchunked, the decoder's mid-block
+# attention at 2048 px would be a 65,536^2 matrix (8 GiB in bf16). 2^24 elements is 64 MiB in float32.
+ATTENTION_CHUNK_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,22 @@ class ResnetBlock(nn.Module):
         return shortcut + h
 
 
+def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scaled_dot_product_attention`` over (b, heads, tokens, c) in query chunks.
+
+    Each chunk's score matrix has at most ``ATTENTION_CHUNK_ELEMENTS`` elements per (batch, head), whatever
+    kernel the backend picks; every query row is computed as in one call, so the result is the same.
+    """
+    queries, keys = q.shape[2], k.shape[2]
+    chunk = max(1, ATTENTION_CHUNK_ELEMENTS // max(1, keys))
+    if chunk >= queries:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    out = q.new_empty((*q.shape[:3], v.shape[3]))
+    for i in range(0, queries, chunk):
+        out[:, :, i : i + chunk] = F.scaled_dot_product_attention(q[:, :, i : i + chunk], k, v, scale=scale)
+    return out
+
+
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention with 1x1-conv projections."""
 
@@ -112,9 +132,7 @@ class AttnBlock(nn.Module):
         def tokens(t: torch.Tensor) -> torch.Tensor:  # (b, c, h, w) -> (b, 1, h*w, c)
             return t.reshape(b, 1, c, height * width).transpose(2, 3)
 
-        out = F.scaled_dot_product_attention(
-            tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)), scale=c**-0.5
-        )
+        out = chunked_attention(tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)), scale=c**-0.5)
         out = out.transpose(2, 3).reshape(b, c, height, width)
         return x + self.proj_out(out)
 
