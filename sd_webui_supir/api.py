@@ -36,12 +36,12 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from pydantic import BaseModel, Field
 
 from supir_engine.errors import CancelledError, CheckpointNotFoundError, SupirError
-from supir_engine.infotext import infotext_line, plan_notes, precision_label
+from supir_engine.infotext import infotext_line
 from supir_engine.preprocess import MAX_PIXELS, MAX_SIDE
 from supir_engine.settings import preset_key
 
 from . import runner
-from .args import ARG_NAMES, ArgumentError, from_mapping, infotext_params, with_preset
+from .args import ARG_NAMES, ArgumentError, from_mapping, result_params, with_preset
 from .compare import BEFORE
 from .extras import upscale_image
 from .options import PRESETS, default_args, default_prompts
@@ -154,7 +154,7 @@ def upscale(req: UpscaleRequest) -> UpscaleResponse:
             raise HTTPException(status_code=500, detail=runner.user_message(exc)) from exc
         finally:
             shared.state.end()
-    params = infotext_params(args, result.settings, default_prompts(), precision_label(result), plan_notes(result))
+    params = result_params(args, result, default_prompts())
     text = infotext_line({k: str(v) for k, v in params.items()})
     return UpscaleResponse(
         image=encode_png(out, text),

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from supir_engine.errors import SupirError
-from supir_engine.infotext import INFOTEXT_FIELDS, MODEL_KEY, PLAN_KEY, PRECISION_KEY, plan_infotext
+from supir_engine.infotext import (
+    INFOTEXT_FIELDS,
+    MODEL_KEY,
+    PLAN_KEY,
+    PRECISION_KEY,
+    plan_infotext,
+    plan_notes,
+    precision_label,
+)
 from supir_engine.settings import (
     COLOR_FIXES,
     DEFAULT_NEGATIVE_PROMPT,
@@ -284,6 +292,14 @@ def infotext_params(
         params[PRECISION_KEY] = precision
     params.update(plan_infotext(plan_notes))
     return params
+
+
+def result_params(
+    args: SupirArgs, result: Any, default_prompts: tuple[str, str] = ("", "")
+) -> dict[str, Any]:
+    """:func:`infotext_params` of an UpscaleResult, with the precision it ran in and its memory-plan notes."""
+    notes = plan_notes(result)
+    return infotext_params(args, result.settings, default_prompts, precision_label(result), notes)
 
 
 def paste_value(name: str, params: Mapping[str, str]) -> Any:

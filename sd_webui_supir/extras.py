@@ -10,11 +10,10 @@ from PIL import Image
 
 from supir_engine.alpha import keep_alpha
 from supir_engine.errors import SupirError
-from supir_engine.infotext import plan_notes, precision_label
 from supir_engine.pipeline import UpscaleResult
 
 from . import runner
-from .args import SupirArgs, from_mapping, infotext_params, to_settings
+from .args import SupirArgs, from_mapping, result_params, to_settings
 from .options import default_args, default_prompts
 from .prompts import caption_prefix, prompt_from_parameters, seed_from_parameters
 
@@ -61,4 +60,4 @@ def process(pp, values: Mapping[str, Any]) -> None:
         pp.info["SUPIR"] = message
         return
     pp.image = image
-    pp.info.update(infotext_params(args, result.settings, default_prompts(), precision_label(result), plan_notes(result)))
+    pp.info.update(result_params(args, result, default_prompts()))

@@ -15,10 +15,9 @@ from typing import Any
 from modules import images, processing, shared
 
 from supir_engine.errors import CancelledError, SupirError
-from supir_engine.infotext import plan_notes, precision_label
 
 from . import runner
-from .args import ALL_INFOTEXT_KEYS, ArgumentError, SupirArgs, from_values, infotext_params, to_settings
+from .args import ALL_INFOTEXT_KEYS, ArgumentError, SupirArgs, from_values, result_params, to_settings
 from .compare import BEFORE
 from .options import default_args, default_prompts, opt
 from .prompts import caption_from_prompt, caption_prefix
@@ -159,7 +158,7 @@ def postprocess_image(p, pp) -> None:
         BEFORE.remember(shared.state.job_timestamp, index, source)
     pp.image = result.image
     job.params[index] = {
-        **infotext_params(args, result.settings, default_prompts(), precision_label(result), plan_notes(result)),
+        **result_params(args, result, default_prompts()),
         "Size": f"{result.image.width}x{result.image.height}",
         GENERATION_SIZE_KEY: f"{p.width}x{p.height}",
     }
