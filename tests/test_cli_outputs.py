@@ -291,7 +291,7 @@ def test_help_is_fast_and_shows_defaults():
         timeout=120,
     ).stdout
     assert out.strip().endswith("no torch")
-    assert "(default: fp16)" in out and "(default: quality)" in out and "quality preset: 50" in out
+    assert "(default: auto)" in out and "(default: quality)" in out and "quality preset: 50" in out
 
 
 def test_sdxl_base_of_any_name_is_found_by_its_header(tmp_path):

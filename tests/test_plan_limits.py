@@ -75,7 +75,7 @@ def test_a_plan_that_keeps_the_users_tiling_has_no_notes():
 
 def test_notes_reach_the_infotext():
     notes = ("tiled 128/64 to fit 4.00 GiB",)
-    assert to_infotext(UpscaleSettings(), "m", notes)[PLAN_KEY] == "tiled 128/64 to fit 4.00 GiB"
+    assert to_infotext(UpscaleSettings(), "m", plan_notes=notes)[PLAN_KEY] == "tiled 128/64 to fit 4.00 GiB"
     assert PLAN_KEY not in to_infotext(UpscaleSettings(), "m")
 
 
