@@ -114,6 +114,25 @@ def test_a_buffer_is_written_again_only_after_its_copies_are_done():
     assert len(waits) == 3  # sends 3, 4 and 5 reuse a buffer; sends 1 and 2 find theirs unused
 
 
+def test_copies_launched_before_an_error_still_guard_their_buffer():
+    stream = LateStream()
+    ring = late_ring(stream, buffer_bytes=1024, count=1)
+    first = torch.arange(64.0)
+    with pytest.raises(AttributeError):
+        ring.send([first, "not a tensor"], stream)
+    later = ring.send([torch.arange(100.0, 164.0)], stream)[0]  # the same buffer: must wait for the first
+    stream.finish()
+    assert torch.equal(later, torch.arange(100.0, 164.0))
+
+
+def test_a_released_ring_still_copies():
+    stream = LateStream()
+    ring = late_ring(stream, buffer_bytes=1024, count=2)
+    ring.release()
+    t = torch.randn(10)
+    assert ring.pinned_bytes == 0 and same_bytes(ring.send([t], stream)[0], t)
+
+
 def test_each_tensor_starts_at_an_aligned_offset():
     offsets = []
     stream = LateStream()

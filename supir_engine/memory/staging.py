@@ -105,14 +105,18 @@ class StagingRing:
         and launched there).
         """
         with self._lock:
+            if not self._buffers:  # released meanwhile: pageable copies
+                return [t.to(self.device, non_blocking=True) for t in tensors]
             copies = []
             batch = _Filling(self, stream)
-            for t in tensors:
-                src = _as_bytes(t if t.is_contiguous() else t.contiguous())
-                dst = torch.empty(t.shape, dtype=t.dtype, device=self.device)
-                batch.put(src, _as_bytes(dst))
-                copies.append(dst)
-            batch.close()
+            try:
+                for t in tensors:
+                    src = _as_bytes(t if t.is_contiguous() else t.contiguous())
+                    dst = torch.empty(t.shape, dtype=t.dtype, device=self.device)
+                    batch.put(src, _as_bytes(dst))
+                    copies.append(dst)
+            finally:  # copies already launched are waited for before their buffer is reused, even on error
+                batch.close()
             return copies
 
     def release(self) -> None:
