@@ -429,32 +429,6 @@ def test_vram_benchmark_measures_the_tiny_model_under_fake_cuda():
     assert 0 < auto["peak_bytes"] <= auto["plan"]["budget_bytes"]
 
 
-def test_host_pinning_registers_each_storage_once_and_unregisters(monkeypatch):
-    from supir_engine.memory.residency import _HostPins
-
-    calls = []
-
-    class FakeCudart:
-        def cudaHostRegister(self, ptr, size, flags):  # noqa: N802 - the CUDA runtime's name
-            calls.append(("register", ptr, size))
-            return 0
-
-        def cudaHostUnregister(self, ptr):  # noqa: N802
-            calls.append(("unregister", ptr))
-            return 0
-
-    monkeypatch.setattr(torch.cuda, "cudart", lambda: FakeCudart())
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda: calls.append(("synchronize",)))
-    base = torch.zeros(1000)
-    pins = _HostPins()
-    pins.pin([base, base[10:], torch.ones(5)])  # a view shares its base's storage
-    registered = [c for c in calls if c[0] == "register"]
-    assert len(registered) == 2 and registered[0][1:] == (base.data_ptr(), 4000)
-    pins.unpin()
-    assert calls[2] == ("synchronize",)  # in-flight copies finish before the pages are unlocked
-    assert sorted(c[1] for c in calls if c[0] == "unregister") == sorted(c[1] for c in registered)
-
-
 def test_auto_batches_tiles_when_weights_are_streamed():
     """4096 px on a 4 GiB card must tile; several tiles per call divide the bytes streamed per step."""
     from supir_engine.memory.planning import _tiles

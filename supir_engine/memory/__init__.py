@@ -15,8 +15,9 @@
 * On the CPU every policy is a no-op: the weights already are where the computation runs.
 
 The package has one module per job, each readable alone: ``storage`` (dtypes the weights are kept in),
-``residency`` (placement, streaming, page-locking), ``planning`` (the arrangement that fits a budget) and
-``config`` (the user's choices and the device's free memory).
+``residency`` (placement, streaming), ``staging`` (the page-locked buffers streamed weights are copied
+through), ``planning`` (the arrangement that fits a budget) and ``config`` (the user's choices and the
+device's free memory).
 """
 
 from .config import (
@@ -35,6 +36,7 @@ from .config import (
 )
 from .planning import MemoryPlan, Workload, plan, plan_memory
 from .residency import Residency
+from .staging import pinned_bytes, release_staging
 from .storage import (
     FP8_VECTOR_DTYPE,
     STORAGE_DTYPES,
@@ -67,8 +69,10 @@ __all__ = [
     "free_device_bytes",
     "is_storage_only",
     "memory_config",
+    "pinned_bytes",
     "plan",
     "plan_memory",
+    "release_staging",
     "storage_dtype",
     "tensor_bytes",
     "tensor_storage_dtype",

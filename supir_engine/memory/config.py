@@ -31,7 +31,8 @@ class MemoryConfig:
     resident_bytes: with ``blocks``: bytes of streamed networks kept resident (0 = stream everything).
     margin_bytes: kept free besides the allocator overhead factor.
     chunk_bytes: size of one streamed chunk (two are on the device at once: current and prefetched).
-    prefetch, pin_memory: copy the next chunk ahead, on a side stream, from page-locked RAM (CUDA).
+    prefetch, pin_memory: copy the next chunk ahead, on a side stream, through a small page-locked staging
+        ring (CUDA; see ``staging``: 3 x 64 MiB of RAM for 96 MiB chunks).
     batch_cfg: run cond and uncond as one batch (True) or one after the other (False: half the activation
         memory); None = batched, or chosen by ``auto``.
     tile_batch: sampler tiles evaluated in one network call; each call streams the non-resident weights

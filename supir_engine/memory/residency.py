@@ -27,6 +27,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from . import staging
 from .config import DEFAULT_CHUNK_BYTES
 from .storage import FP8_VECTOR_DTYPE, is_storage_only
 
@@ -139,18 +140,29 @@ class _Placement:
 
 
 class _Copier:
-    """Makes device copies now, or ahead of time (on a side stream on CUDA, ordered by an event)."""
+    """Makes device copies now, or ahead of time (on a side stream on CUDA, ordered by an event).
 
-    def __init__(self, device: torch.device, transfer: Transfer, side_stream: bool):
+    With ``staging_bytes`` (CUDA), copies made ahead go through the device's page-locked staging ring
+    (``staging``), sized for chunks of that many bytes; without one they come from pageable RAM.
+    """
+
+    def __init__(
+        self, device: torch.device, transfer: Transfer, side_stream: bool, staging_bytes: int | None = None
+    ):
         self.transfer = transfer
         self.device = device
         self.stream = torch.cuda.Stream(device) if side_stream else None
+        self._staging_bytes = staging_bytes if side_stream else None
 
     def ahead(self, tensors: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], object]:
         if self.stream is None:
             return [self.transfer(t) for t in tensors], None
+        ring = None if self._staging_bytes is None else staging.ring_for(self.device, self._staging_bytes)
         with torch.cuda.stream(self.stream):
-            copies = [self.transfer(t) for t in tensors]
+            if ring is not None:
+                copies = ring.send(tensors, self.stream)
+            else:
+                copies = [self.transfer(t) for t in tensors]
         event = torch.cuda.Event()
         event.record(self.stream)
         return copies, event
@@ -163,42 +175,6 @@ class _Copier:
         current.wait_event(event)
         for c in copies:
             c.record_stream(current)
-
-
-class _HostPins:
-    """Page-locks RAM tensors in place (cudaHostRegister: no copy) so that host-to-device copies are async."""
-
-    def __init__(self) -> None:
-        self._pointers: list[int] = []
-
-    def pin(self, tensors: Iterable[torch.Tensor]) -> None:
-        cudart = torch.cuda.cudart()
-        seen = set()
-        for t in tensors:
-            if t.device.type != "cpu" or t.is_pinned():
-                continue
-            storage = t.untyped_storage()
-            ptr, size = storage.data_ptr(), storage.nbytes()
-            if ptr in seen or size == 0:
-                continue
-            seen.add(ptr)
-            if int(cudart.cudaHostRegister(ptr, size, 0)) == 0:
-                self._pointers.append(ptr)
-        if len(self._pointers) < len(seen):
-            log.info(
-                "page-locked %d of %d weight tensors; the rest stream from pageable memory",
-                len(self._pointers),
-                len(seen),
-            )
-
-    def unpin(self) -> None:
-        if not self._pointers:
-            return
-        torch.cuda.synchronize()  # no copy from these pages may still be in flight
-        cudart = torch.cuda.cudart()
-        for ptr in self._pointers:
-            cudart.cudaHostUnregister(ptr)
-        self._pointers = []
 
 
 # ------------------------------------------------------------------------------------------ streaming
@@ -372,9 +348,14 @@ class Residency:
         self.active = transfer is not None or self.device.type != "cpu"
         cuda = self.device.type == "cuda" and transfer is None
         self.placement = _Placement(transfer or _default_transfer(self.device))
-        self.copier = _Copier(self.device, self.placement.transfer, side_stream=cuda and prefetch)
-        self.prefetch = prefetch
         self.pin_memory = pin_memory and cuda
+        self.copier = _Copier(
+            self.device,
+            self.placement.transfer,
+            side_stream=cuda and prefetch,
+            staging_bytes=chunk_bytes if self.pin_memory else None,
+        )
+        self.prefetch = prefetch
 
     @contextlib.contextmanager
     def stage(
@@ -391,32 +372,24 @@ class Residency:
             return
         stream = self.policy == "blocks" and bool(streamed)
         slots = _slots_of(modules if stream else [*modules, *streamed])
-        streamer, pins = None, _HostPins() if stream and self.pin_memory else None
+        streamer = None
         try:
             self.placement.acquire(slots)
             if stream:
-                streamer = self._streamer(streamed, pins)
+                streamer = self._streamer(streamed)
             self._notify("ready", name)
             yield
         finally:
             if streamer is not None:
                 streamer.close()
-            if pins is not None:
-                pins.unpin()
             if self.policy != "full":  # ``full`` keeps its copies until release()
                 self.placement.release(slots)
             self._notify("end", name)
 
-    def _streamer(self, roots: Sequence[nn.Module], pins: _HostPins | None) -> _Streamer:
-        streamer = _Streamer(
+    def _streamer(self, roots: Sequence[nn.Module]) -> _Streamer:
+        return _Streamer(
             self.placement, self.copier, roots, self.resident_bytes_limit, self.chunk_bytes, self.prefetch
         )
-        if pins is not None:  # only what is streamed needs page-locked RAM
-            try:
-                pins.pin(s.original for leaf in streamer.streamed for s in streamer.slots(leaf))
-            except (RuntimeError, AttributeError) as exc:  # no CUDA runtime bindings: pageable copies
-                log.info("could not page-lock weights (%s); streaming from pageable memory", exc)
-        return streamer
 
     def release(self) -> None:
         """Drop every device copy (what ``full`` kept, and anything a failed stage left)."""
