@@ -200,9 +200,15 @@ class ModelCache:
         self._model = None
 
     def release(self) -> None:
-        """Forget everything; the RAM goes back once no pipeline holds the model any more."""
+        """Forget everything; the RAM goes back once no pipeline holds the model any more.
+
+        The page-locked staging buffers of weight streaming (memory/staging.py) are freed with it.
+        """
+        from .memory import release_staging
+
         with self._lock:
             self._base = self._supir = self._model = None
+        release_staging()
         gc.collect()
 
     def release_shared(self) -> bool:
