@@ -66,6 +66,7 @@ class Case:
     vae_tiles: tuple[int | None, int | None] = (512, 64)  # encoder (image px), decoder (latent px)
     batch_cfg: bool | None = None
     tile_batch: int | None = None  # sampler tiles per network call (None: 1, or auto's choice)
+    lockstep: bool | None = False  # a step's calls evaluated together (None: the planner decides)
 
 
 def _cases() -> list[Case]:
@@ -77,10 +78,19 @@ def _cases() -> list[Case]:
     ):
         cases += [Case(f"{policy}:{storage}", policy, storage) for storage in storages]
     cases.append(Case("blocks-tiles4:fp16", "blocks", "fp16", tile_batch=4))  # 9 tiles in 3 calls
+    cases.append(Case("blocks-lockstep:fp16", "blocks", "fp16", lockstep=True))  # 9 calls, one weight pass
     for storage, budgets in (("fp16", (4, 6, 8, 12, 24)), ("fp8", (4, 6, 8, 12))):
         for budget in budgets:
             cases.append(
-                Case(f"auto{budget}:{storage}", "auto", storage, budget, tile=None, vae_tiles=(None, None))
+                Case(
+                    f"auto{budget}:{storage}",
+                    "auto",
+                    storage,
+                    budget,
+                    tile=None,
+                    vae_tiles=(None, None),
+                    lockstep=None,
+                )
             )
     return cases
 
@@ -104,6 +114,9 @@ class Row:
     peak_at: str = ""
     seconds: float = 0.0
     method: str = "fake"
+    bytes_to_device: dict[str, int] = field(default_factory=dict)  # weight bytes copied, per stage
+    steps: int = 1
+    streamed_bytes: int = 0  # UNet + control bytes not kept resident (what one weight pass copies)
 
 
 # ------------------------------------------------------------------------------------------ one measurement
@@ -191,7 +204,11 @@ def _pipeline(case: Case, config: str, device: str, observer):
     model = build_supir(TINY_CONFIG if config == "tiny" else SUPIR_V0, "meta")
     apply_storage(model, storage_dtype(case.storage), torch.bfloat16)
     memory = MemoryConfig(
-        policy=case.policy, pin_memory=False, batch_cfg=case.batch_cfg, tile_batch=case.tile_batch
+        policy=case.policy,
+        pin_memory=False,
+        batch_cfg=case.batch_cfg,
+        tile_batch=case.tile_batch,
+        lockstep=case.lockstep,
     )
     if config == "tiny":  # scaled down with the model, as the tiles are: 96 MiB would hold all its layers
         memory = memory.replace(chunk_bytes=TINY_CHUNK_BYTES)
@@ -216,6 +233,7 @@ def measure(case: Case, config: str, fakevram: Path | None, real: bool) -> Row:
         tracker = _RealTracker()
         pipe = _pipeline(case, config, "cuda", tracker.observe)
         weights = tensor_bytes([pipe.model])
+        sampling_weights = tensor_bytes([pipe.model.model])
         torch.cuda.reset_peak_memory_stats()
         with tracker.counter:
             result = pipe.upscale(image, settings)
@@ -243,6 +261,7 @@ def measure(case: Case, config: str, fakevram: Path | None, real: bool) -> Row:
 
             pipe = _pipeline(case, config, "cuda", observe)
             weights = tensor_bytes([pipe.model])
+            sampling_weights = tensor_bytes([pipe.model.model])
             result = pipe.upscale(image, settings)
             stages = {
                 k: {"peak_bytes": st.peak_bytes, "flops": st.flops, "calls": st.calls}
@@ -265,6 +284,11 @@ def measure(case: Case, config: str, fakevram: Path | None, real: bool) -> Row:
         peak_at=peak_at,
         seconds=round(time.perf_counter() - start, 1),
         method=method,
+        bytes_to_device=dict(result.bytes_to_device),
+        steps=settings.steps,
+        streamed_bytes=sampling_weights - int(plan.get("resident_bytes") or 0)
+        if plan.get("policy") == "blocks"
+        else 0,
     )
 
 
@@ -365,12 +389,31 @@ def _verdict(row: Row) -> str:
         return "reference: untiled FLOPs, plain VAE"
     if row.case == "blocks-tiles4:fp16":
         return "4 tiles per call: 3 weight passes a step instead of 9"
+    if row.case.startswith("blocks-lockstep"):
+        ratio = _h2d_ratio(row)
+        ok = ratio is not None and ratio <= H2D_TARGET
+        return f"9 calls in lockstep: H2D/step <= {H2D_TARGET:g} x streamed: {'met' if ok else 'NOT met'}"
     if row.requested == "auto":
         budget = float(row.case.split(":")[0][4:])
         target = budget
     if target is None or row.output_px != 2048:
         return ""
     return f"<= {target:g}: {'met' if row.peak_bytes <= target * GiB else 'NOT met'}"
+
+
+H2D_TARGET = 1.1  # host->device bytes of one sampler step, in weight passes (blocks with lockstep)
+
+
+def _h2d_step(row: Row) -> float | None:
+    """Weight bytes the sampling stage copied to the device per sampler step (None: not recorded)."""
+    copied = row.bytes_to_device.get("sampling")
+    return None if copied is None or not row.steps else copied / row.steps
+
+
+def _h2d_ratio(row: Row) -> float | None:
+    """H2D bytes per step over the UNet + control bytes not kept resident (1 = one pass over them)."""
+    per_step = _h2d_step(row)
+    return None if per_step is None or not row.streamed_bytes else per_step / row.streamed_bytes
 
 
 STAGE_LABELS = {
@@ -388,22 +431,30 @@ def table(rows: list[Row]) -> str:
     untiled = next((r.flops for r in rows if r.case == "untiled:fp16"), None)
     head = f"{'case':<14} {'policy':<7} {'stor':<5} {'out':>5} {'peak GiB':>8}  "
     head += " ".join(f"{STAGE_LABELS[c]:>8}" for c in STAGE_COLUMNS)
-    head += f" {'TFLOP':>7} {'xuntiled':>8}  plan / target"
+    head += f" {'TFLOP':>7} {'xuntiled':>8} {'H2D/step':>8} {'xstream':>7}  plan / target"
     lines = [head, "-" * len(head)]
     for r in rows:
         cells = [f"{_gib(r.stages[c]['peak_bytes']) if c in r.stages else '-':>8}" for c in STAGE_COLUMNS]
         ratio = f"{r.flops / untiled:.2f}" if untiled else "-"
+        h2d, passes = _h2d_step(r), _h2d_ratio(r)
+        transfer = f"{'-' if h2d is None else _gib(h2d):>8} {'-' if passes is None else f'{passes:.2f}':>7}"
         p = r.plan
         plan = f"tile {p.get('tile')} vae {p.get('vae_tiles')} cfg {'batch' if p.get('batch_cfg') else 'seq'}"
+        if p.get("lockstep"):
+            plan += " lockstep"
         if p.get("resident_bytes"):
             plan += f" resident {_gib(p['resident_bytes'])}"
         lines.append(
             f"{r.case:<14} {r.policy:<7} {r.storage:<5} {r.output_px:>5} {_gib(r.peak_bytes):>8}  "
             + " ".join(cells)
-            + f" {r.flops / 1e12:>7.1f} {ratio:>8}  {plan}  {_verdict(r)}"
+            + f" {r.flops / 1e12:>7.1f} {ratio:>8} {transfer}  {plan}  {_verdict(r)}"
         )
     lines.append("")
     lines.append("stage columns: peak allocated GiB while that stage ran (weights + activations).")
+    lines.append(
+        "H2D/step: GiB of weights the sampling stage copied host->device per sampler step (first step "
+        "included); xstream: that over the UNet + control bytes not kept resident (1 = one pass)."
+    )
     lines.append(
         "reference (original SUPIR, same tracker): "
         + "; ".join(f"{k} {v} GiB" for k, v in REFERENCE_GIB.items())

@@ -105,7 +105,7 @@ def sample_anchor(stage1: Stage1, noise: NoiseSource, scale_factor: float) -> to
 
 
 def sampler_settings(
-    settings: UpscaleSettings, batch_cfg: bool = True, tile_batch: int = 1
+    settings: UpscaleSettings, batch_cfg: bool = True, tile_batch: int = 1, lockstep: bool = False
 ) -> SamplerSettings:
     return SamplerSettings(
         cfg_scale=settings.cfg_scale,
@@ -120,6 +120,7 @@ def sampler_settings(
         tile_stride=settings.tile_stride,
         batch_cfg=batch_cfg,
         tile_batch=tile_batch,
+        lockstep=lockstep,
     )
 
 
@@ -148,6 +149,7 @@ class UpscaleResult:
     stage1_cached: bool = False
     memory: MemoryPlan | None = None  # how device memory was used (policy, residency, tiles, CFG batching)
     precision: Precision | None = None  # compute dtypes of each part, and why
+    bytes_to_device: dict[str, int] = field(default_factory=dict)  # weight bytes copied, per stage
 
 
 class _CountingDenoiser(Denoiser):
@@ -158,6 +160,10 @@ class _CountingDenoiser(Denoiser):
     def __call__(self, *args, **kwargs):
         self.calls += 1
         return super().__call__(*args, **kwargs)
+
+    def steps(self, *args, **kwargs):
+        self.calls += 1
+        return super().steps(*args, **kwargs)
 
 
 class SUPIRPipeline:
@@ -381,14 +387,14 @@ class SUPIRPipeline:
             if host.should_stop():
                 raise CancelledError(f"stopped after sampler step {info.step + 1} of {info.total}")
 
-        sampling_modules = (self.model.unet, self.model.control_model)
+        sampling_modules = (self.model.control_model, self.model.unet)  # execution order
         with self._stage("sampling", host, timings, total=settings.steps, streamed=sampling_modules):
             latent = restore_latent(
                 denoiser,
                 settings.sampler,
                 initial,
                 guided,
-                sampler_settings(settings, plan.batch_cfg, plan.tile_batch),
+                sampler_settings(settings, plan.batch_cfg, plan.tile_batch, plan.lockstep),
                 settings.steps,
                 noise,
                 on_step,
@@ -411,6 +417,7 @@ class SUPIRPipeline:
             cached,
             plan,
             self.precision,
+            dict(self._residency.bytes_to_device),
         )
 
 

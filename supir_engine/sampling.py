@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -99,6 +99,60 @@ class Denoiser:
         features = self.features(x_in, timesteps, cond)
         eps = self.unet(x_in, timesteps, cond.crossattn, cond.vector, features, control_scale)
         return x - c_out * eps.to(x.dtype)
+
+    def steps(
+        self, x: torch.Tensor, sigma: float | Sequence[float], cond: Conditioning, control_scale: float
+    ) -> Generator[None, None, torch.Tensor]:
+        """``self(x, sigma, cond, control_scale)`` in stepped form: yields at the networks' segment
+        boundaries (control's, then the UNet's), so several evaluations can run in lockstep."""
+        x_in, timesteps, c_out = self._inputs(x, sigma)
+        features = yield from self.control_model.steps(
+            cond.control, timesteps, x_in, cond.crossattn, cond.vector
+        )
+        yield
+        eps = yield from self.unet.steps(
+            x_in, timesteps, cond.crossattn, cond.vector, features, control_scale
+        )
+        return x - c_out * eps.to(x.dtype)
+
+    def _inputs(
+        self, x: torch.Tensor, sigma: float | Sequence[float]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
+        """The scaled network input, the integer timesteps and c_out, exactly as ``__call__`` makes them."""
+        sigmas = [float(sigma)] * x.shape[0] if isinstance(sigma, (int, float)) else list(sigma)
+        snapped = [snap_sigma(s) for s in sigmas]
+        timesteps = torch.tensor([i for _, i in snapped], dtype=torch.long, device=x.device)
+        c_in = _per_sample([1.0 / math.sqrt(q**2 + 1.0) for q, _ in snapped], x)
+        c_out = _per_sample([q for q, _ in snapped], x)
+        return (x * c_in).to(self.dtype), timesteps, c_out
+
+    def segments(self) -> list[list[torch.nn.Module]]:
+        """The modules each segment of ``steps`` runs, in execution order."""
+        return [*self.control_model.segments(), *self.unet.segments()]
+
+    def lockstep(self, calls: Sequence[DenoiserCall]) -> list[torch.Tensor]:
+        """Evaluate several calls segment by segment, round-robin: each segment's weights serve every
+        call before the next segment runs. Every call computes what it would alone."""
+        return run_lockstep([self.steps(*call) for call in calls])
+
+
+DenoiserCall = tuple[torch.Tensor, "float | Sequence[float]", Conditioning, float]
+
+
+def run_lockstep(runs: Sequence[Generator[None, None, torch.Tensor]]) -> list[torch.Tensor]:
+    """Advance stepped evaluations one segment at a time each, in turn, until all have returned."""
+    results: list[torch.Tensor | None] = [None] * len(runs)
+    alive = list(range(len(runs)))
+    while alive:
+        still = []
+        for i in alive:
+            try:
+                next(runs[i])
+                still.append(i)
+            except StopIteration as stop:
+                results[i] = stop.value
+        alive = still
+    return results
 
 
 def _per_sample(values: list[float], like: torch.Tensor) -> torch.Tensor | float:
@@ -192,6 +246,9 @@ class SamplerSettings:
     tile_batch: tiles evaluated together in one network call (tiled sampling). More tiles per call means
         fewer passes over the weights (what matters when they are streamed) for proportionally more
         activation memory; the result is the same up to float rounding of batched kernels.
+    lockstep: evaluate all network calls of a step (every tile call, cond and uncond) together, one
+        network segment at a time (``Denoiser.lockstep``): streamed weights then pass once per step
+        instead of once per call, while every call's skip activations stay live. Same result.
     """
 
     cfg_scale: float = 4.0
@@ -210,6 +267,7 @@ class SamplerSettings:
     tile_size: int | None = None
     tile_stride: int | None = None
     tile_batch: int = 1
+    lockstep: bool = False
 
     def __post_init__(self) -> None:
         for name in ("cfg_scale", "control_scale", "restoration_scale", "restoration_sigma_min", "eta"):
@@ -334,6 +392,19 @@ def _doubled_text(cond: Conditioning, uncond: Conditioning, cache: dict) -> tupl
 
 
 DenoiserFn = Callable[[torch.Tensor, float, Conditioning, float], torch.Tensor]
+# A computation that needs network evaluations: it yields the calls it needs (denoiser arguments) and is
+# sent their outputs, in the same order; ``answer`` and ``_run_regions`` evaluate them.
+NeedsCalls = Generator[list[tuple], list[torch.Tensor], object]
+
+
+def answer(computation: NeedsCalls, denoiser: DenoiserFn) -> object:
+    """Run ``computation``, evaluating the calls it asks for one after the other; return its result."""
+    try:
+        calls = next(computation)
+        while True:
+            calls = computation.send([denoiser(*call) for call in calls])
+    except StopIteration as stop:
+        return stop.value
 
 
 def cfg_denoise(
@@ -346,11 +417,22 @@ def cfg_denoise(
     batched: Conditioning | None = None,
 ) -> torch.Tensor:
     """D = D_u + w (D_c - D_u); one call on the doubled batch when ``batched`` is given, else two calls."""
+    return answer(_cfg_calls(x, sigma, cond, cfg_scale, control_scale, batched), denoiser)
+
+
+def _cfg_calls(
+    x: torch.Tensor,
+    sigma: float,
+    cond: GuidedConditioning,
+    cfg_scale: float,
+    control_scale: float,
+    batched: Conditioning | None,
+) -> NeedsCalls:
     if batched is not None:
-        d_u, d_c = denoiser(torch.cat([x, x]), sigma, batched, control_scale).chunk(2)
+        (both,) = yield [(torch.cat([x, x]), sigma, batched, control_scale)]
+        d_u, d_c = both.chunk(2)
     else:
-        d_u = denoiser(x, sigma, cond.uncond, control_scale)
-        d_c = denoiser(x, sigma, cond.single(), control_scale)
+        d_u, d_c = yield [(x, sigma, cond.uncond, control_scale), (x, sigma, cond.single(), control_scale)]
     return d_u + (d_c - d_u) * cfg_scale
 
 
@@ -517,35 +599,79 @@ def _index(window: Window) -> tuple[slice, ...]:
     return (slice(None), slice(None), slice(h0, h1), slice(w0, w1))
 
 
-RegionStep = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+RegionStep = Callable[..., NeedsCalls]  # (region, *slices) -> computation returning (x, denoised)
 
 
 def _run_regions(
-    plan: _Plan, step: int, region_step: RegionStep, *full: torch.Tensor | None
+    plan: _Plan,
+    step: int,
+    region_step: RegionStep,
+    denoiser: DenoiserFn,
+    lockstep: bool,
+    *full: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``region_step(region, *slices)`` on every region; blend tiles with the Gaussian weights.
 
     ``full`` are latent-sized tensors (x first) handed to each region as its slice; returns (x, denoised).
+    With ``lockstep`` the network calls of all regions are evaluated together (``Denoiser.lockstep``);
+    otherwise each region runs to the end before the next starts.
     """
     if plan.weights is None:
-        return region_step(plan.regions[0], *full)
+        return _answer_regions([region_step(plan.regions[0], *full)], denoiser, lockstep)[0]
     x_acc = torch.zeros_like(full[0])
     d_acc = torch.zeros_like(full[0])
     batch = full[0].shape[0]
-    for group in plan.groups:
-        indices = [_index(w) for w in group.windows]
-        if len(indices) == 1:
-            slices = [None if t is None else t[indices[0]] for t in full]
-        else:
-            slices = [None if t is None else torch.cat([t[i] for i in indices]) for t in full]
-        x_out, d_out = region_step(group.region, *slices)
+
+    def accumulate(group: _Group, indices: list[tuple[slice, ...]], x_out, d_out) -> None:
         for k, (window, index) in enumerate(zip(group.windows, indices)):
             x_tile, d_tile = x_out[k * batch : (k + 1) * batch], d_out[k * batch : (k + 1) * batch]
             if plan.tile_callback is not None:
                 plan.tile_callback(TileInfo(step, group.first + k, window, x_tile, d_tile))
             x_acc[index] += x_tile * plan.weights
             d_acc[index] += d_tile * plan.weights
+
+    def computation(group: _Group, indices: list[tuple[slice, ...]]) -> NeedsCalls:
+        if len(indices) == 1:
+            slices = [None if t is None else t[indices[0]] for t in full]
+        else:
+            slices = [None if t is None else torch.cat([t[i] for i in indices]) for t in full]
+        return region_step(group.region, *slices)
+
+    groups = [(group, [_index(w) for w in group.windows]) for group in plan.groups]
+    if lockstep:
+        outs = _answer_regions([computation(g, i) for g, i in groups], denoiser, True)
+        for (group, indices), (x_out, d_out) in zip(groups, outs):
+            accumulate(group, indices, x_out, d_out)
+    else:
+        for group, indices in groups:
+            accumulate(group, indices, *answer(computation(group, indices), denoiser))
     return x_acc / plan.weight_sum, d_acc / plan.weight_sum
+
+
+def _answer_regions(computations: Sequence[NeedsCalls], denoiser: DenoiserFn, lockstep: bool) -> list:
+    """Run computations; with ``lockstep`` the calls they ask for at the same time are evaluated together
+    by ``denoiser.lockstep`` (a plain denoiser function evaluates them one after the other)."""
+    if not lockstep:
+        return [answer(c, denoiser) for c in computations]
+    results: list = [None] * len(computations)
+    pending: dict[int, list[tuple]] = {}
+    for i, c in enumerate(computations):
+        try:
+            pending[i] = next(c)
+        except StopIteration as stop:
+            results[i] = stop.value
+    together = getattr(denoiser, "lockstep", None)
+    while pending:
+        calls = [call for needs in pending.values() for call in needs]
+        outs = together(calls) if together is not None else [denoiser(*call) for call in calls]
+        asked, pending, k = pending, {}, 0
+        for i, needs in asked.items():
+            mine, k = outs[k : k + len(needs)], k + len(needs)
+            try:
+                pending[i] = computations[i].send(mine)
+            except StopIteration as stop:
+                results[i] = stop.value
+    return results
 
 
 def _prepare_sigmas(sigmas: Sequence[float] | torch.Tensor) -> list[float]:
@@ -558,19 +684,16 @@ def _prepare_sigmas(sigmas: Sequence[float] | torch.Tensor) -> list[float]:
 
 
 def _guided(
-    denoiser: DenoiserFn,
     region: _Region,
     x: torch.Tensor,
     sigma_net: float,
     sigma: float,
     settings: SamplerSettings,
     linear_control: bool = True,
-) -> torch.Tensor:
+) -> NeedsCalls:
     """CFG prediction at sigma_net (the network's sigma) with the control scale of the unchurned sigma."""
     control = settings.control_at(sigma) if linear_control else settings.control_scale
-    return cfg_denoise(
-        denoiser, x, sigma_net, region.cond, settings.cfg_at(sigma_net), control, region.batched
-    )
+    return _cfg_calls(x, sigma_net, region.cond, settings.cfg_at(sigma_net), control, region.batched)
 
 
 def _restore(denoised: torch.Tensor, region: _Region, weight: float) -> torch.Tensor:
@@ -591,17 +714,16 @@ class _EDMStep:
 
 
 def _edm_region_step(
-    denoiser: DenoiserFn,
     settings: SamplerSettings,
     p: _EDMStep,
     region: _Region,
     x: torch.Tensor,
     xi: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> NeedsCalls:
     sigma_hat = p.sigma * (p.gamma + 1.0)
     if p.gamma > 0:
         x = x + xi * (settings.s_noise * math.sqrt(sigma_hat**2 - p.sigma**2))
-    denoised = _guided(denoiser, region, x, sigma_hat, p.sigma, settings)
+    denoised = yield from _guided(region, x, sigma_hat, p.sigma, settings)
     denoised = _restore(denoised, region, settings.restoration_weight(p.sigma, p.sigma_next))
     d = (x - denoised) / sigma_hat
     return x + d * (p.sigma_next - sigma_hat), denoised
@@ -634,8 +756,8 @@ def sample_restore_edm(
     for i in range(steps):
         p = _EDMStep(sigmas[i], sigmas[i + 1], settings.churn(sigmas[i], steps))
         xi = noise(x) if settings.tiled or p.gamma > 0 else None
-        region_step = partial(_edm_region_step, denoiser, settings, p)
-        x, denoised = _run_regions(plan, i, region_step, x, xi)
+        region_step = partial(_edm_region_step, settings, p)
+        x, denoised = _run_regions(plan, i, region_step, denoiser, settings.lockstep, x, xi)
         if callback is not None:
             callback(StepInfo(i, steps, p.sigma, p.sigma_next, x, denoised))
     return x
@@ -680,16 +802,15 @@ def _dpm_update(
 
 
 def _dpm_region_step(
-    denoiser: DenoiserFn,
     settings: SamplerSettings,
     p: _DPMStep,
     region: _Region,
     x: torch.Tensor,
     xi: torch.Tensor | None,
     old: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> NeedsCalls:
     restoration = settings.dpm_restoration
-    denoised = _guided(denoiser, region, x, p.sigma, p.sigma, settings, linear_control=restoration)
+    denoised = yield from _guided(region, x, p.sigma, p.sigma, settings, linear_control=restoration)
     if restoration:
         denoised = _restore(denoised, region, settings.restoration_weight(p.sigma, p.sigma_next))
     return _dpm_update(x, denoised, old, xi, p, settings), denoised
@@ -725,8 +846,8 @@ def sample_restore_dpmpp_2m(
     for i in range(steps):
         p = _DPMStep(sigmas[i - 1] if i > 0 else None, sigmas[i], sigmas[i + 1])
         xi = noise(x) if i > 0 and p.sigma_next > _FINAL_SIGMA else None
-        region_step = partial(_dpm_region_step, denoiser, settings, p)
-        x, old = _run_regions(plan, i, region_step, x, xi, old)
+        region_step = partial(_dpm_region_step, settings, p)
+        x, old = _run_regions(plan, i, region_step, denoiser, settings.lockstep, x, xi, old)
         if callback is not None:
             callback(StepInfo(i, steps, p.sigma, p.sigma_next, x, old))
     return x

@@ -38,6 +38,10 @@ class MemoryConfig:
     tile_batch: sampler tiles evaluated in one network call; each call streams the non-resident weights
         once, so with ``blocks`` and tiles this divides the bytes streamed per step. None = 1, or chosen
         by ``auto``.
+    lockstep: evaluate all network calls of a sampler step together, segment by segment, so that streamed
+        weights pass once per step, not once per call (``blocks`` with several calls per step: tiles, or
+        sequential CFG); every call's skip activations are then live at once. None = when it fits the
+        budget (free memory when none is given), or chosen by ``auto``.
     """
 
     policy: str = "auto"
@@ -49,6 +53,7 @@ class MemoryConfig:
     pin_memory: bool = True
     batch_cfg: bool | None = None
     tile_batch: int | None = None
+    lockstep: bool | None = None
 
     def __post_init__(self) -> None:
         if self.tile_batch is not None and self.tile_batch < 1:

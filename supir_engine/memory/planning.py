@@ -93,6 +93,7 @@ class MemoryPlan:
     vae_storage: str = "host"  # where the tiled VAE keeps its full maps: "device" or "host" (RAM)
     host_bytes: int = 0  # RAM those maps take when kept on the host (0: untiled VAE or device storage)
     notes: tuple[str, ...] = ()  # how the plan changed the user's tiling, for the log and the infotext
+    lockstep: bool = False  # a step's network calls evaluated together (one weight pass per step)
 
     def apply(self, settings: object) -> object:
         """``settings`` with this plan's tiles (UpscaleSettings)."""
@@ -110,6 +111,7 @@ class MemoryPlan:
             "batch_cfg": self.batch_cfg,
             "tile": self.tile,
             "tile_batch": self.tile_batch,
+            "lockstep": self.lockstep,
             "vae_tiles": self.vae_tiles,
             "budget_bytes": self.budget_bytes,
             "estimated_peak_bytes": self.estimated_peak_bytes,
@@ -123,6 +125,10 @@ class MemoryPlan:
 # fp16 UNet/control, bf16 VAE, flash / memory-efficient attention). Other architectures scale them by their
 # channel counts. They are estimates for planning; the margin absorbs their error.
 SAMPLING_ACT_PER_PX = 18_300  # bytes per latent pixel of a tile and per batch element (cond or uncond)
+# What one call keeps live between network segments when calls run in lockstep, per latent pixel and batch
+# element: the UNet's skip activations and the control features (SDXL: 3280 channels at latent resolution
+# summed over levels, in fp16).
+LOCKSTEP_STATE_PER_PX = 6_560
 # FLOPs of one UNet + control evaluation of a tile of n latent pixels, per batch element: a n + b n^2
 # (attention is quadratic): 2.4 TFLOP at 64^2, 10.1 at 128^2, 53.9 at 256^2.
 SAMPLING_FLOPS_LINEAR = 565e6
@@ -168,6 +174,7 @@ class _Option:
     tile_batch: int = 1
     vae_storage: str = "host"
     host_bytes: int = 0
+    lockstep: bool = False
 
 
 def _tiles(latent_hw: tuple[int, int], tile: tuple[int, int] | None) -> tuple[int, int]:
@@ -187,10 +194,17 @@ def _step_flops(work: Workload, n_tiles: int, tile_px: int) -> float:
     return 2 * n_tiles * per_tile * (work.unet_channels / 320) ** 2
 
 
-def _sampling_act(work: Workload, tile_px: int, batch: int) -> int:
+def _sampling_act(work: Workload, tile_px: int, batch: int, lockstep_calls: int = 1) -> int:
+    """Sampling activations of calls of ``batch`` elements; in lockstep, the live state of the other calls."""
     scale = work.unet_channels / 320 * work.compute_itemsize / 2
     latent_state = 16 * 4 * 4 * work.latent_hw[0] * work.latent_hw[1]  # fp32 latents of the sampler loop
-    return int(SAMPLING_ACT_PER_PX * scale * tile_px * batch) + latent_state
+    others = LOCKSTEP_STATE_PER_PX * (lockstep_calls - 1)
+    return int((SAMPLING_ACT_PER_PX + others) * scale * tile_px * batch) + latent_state
+
+
+def _calls(n_tiles: int, tile_batch: int, batch_cfg: bool) -> int:
+    """Network calls of one sampler step."""
+    return -(-n_tiles // tile_batch) * (1 if batch_cfg else 2)
 
 
 def _vae_peak(work: Workload, tiles: tuple[int | None, int | None], weights: int) -> int:
@@ -295,19 +309,29 @@ def _options(work: Workload, budget: int, config: MemoryConfig) -> Iterator[_Opt
     for tile in tiles:
         n_tiles, tile_px = _tiles(work.latent_hw, tile)
         for batch_cfg, tile_batch in product(batches, _tile_batches(n_tiles, config.tile_batch)):
-            act = _sampling_act(work, tile_px, (2 if batch_cfg else 1) * tile_batch)
+            per_call = (2 if batch_cfg else 1) * tile_batch
             flops = _step_flops(work, n_tiles, tile_px) * (1 if batch_cfg else SEQUENTIAL_CFG_SLOWDOWN)
-            passes = -(-n_tiles // tile_batch) * (1 if batch_cfg else 2)
-            for policy in ("full", "stages", "blocks"):
-                if policy != "blocks" and tile_batch > 1:
+            calls = _calls(n_tiles, tile_batch, batch_cfg)
+            for policy, lockstep in product(("full", "stages", "blocks"), _lockstep_choices(calls, config)):
+                if policy != "blocks" and (tile_batch > 1 or lockstep):
                     continue  # resident weights are not streamed: nothing to save, only memory to spend
+                act = _sampling_act(work, tile_px, per_call, calls if lockstep else 1)
                 option = _option(work, budget, policy, tile, batch_cfg, act, extra)
                 if option is None:
                     continue
                 streamed = work.sampling_bytes - option.resident if policy == "blocks" else 0
+                passes = 1 if lockstep else calls
                 loads = _total_bytes(work) + (0 if policy == "full" else work.vae_bytes["decode"])
                 cost = work.steps * (flops + FLOPS_PER_STREAMED_BYTE * passes * streamed)
-                yield replace(option, cost=cost + FLOPS_PER_STREAMED_BYTE * loads, tile_batch=tile_batch)
+                cost += FLOPS_PER_STREAMED_BYTE * loads
+                yield replace(option, cost=cost, tile_batch=tile_batch, lockstep=lockstep)
+
+
+def _lockstep_choices(calls: int, config: MemoryConfig) -> list[bool]:
+    """Lockstep only pays with several calls per step; the configured choice, else both."""
+    if calls <= 1 or config.lockstep is False:
+        return [False]
+    return [True] if config.lockstep else [False, True]
 
 
 def _tile_batches(n_tiles: int, fixed: int | None) -> list[int]:
@@ -350,11 +374,19 @@ def _option(
 
 
 def _estimate(
-    work: Workload, policy: str, resident: int, batch_cfg: bool, chunk_bytes: int, tile_batch: int = 1
+    work: Workload,
+    policy: str,
+    resident: int,
+    batch_cfg: bool,
+    chunk_bytes: int,
+    tile_batch: int = 1,
+    lockstep: bool = False,
 ) -> int:
     """Estimated peak of a fixed arrangement (the user's tiles as they are)."""
     n_tiles, tile_px = _tiles(work.latent_hw, work.tile)
-    act = _sampling_act(work, tile_px, (2 if batch_cfg else 1) * min(tile_batch, n_tiles))
+    tile_batch = min(tile_batch, n_tiles)
+    calls = _calls(n_tiles, tile_batch, batch_cfg) if lockstep else 1
+    act = _sampling_act(work, tile_px, (2 if batch_cfg else 1) * tile_batch, calls)
     sampling, text, others = _peaks(work, policy, act, _stream_extra(work, chunk_bytes), resident)
     vae = _vae_peak(work, work.vae_tiles, max(work.vae_bytes.values(), default=0))
     return max(sampling, text, vae + others)
@@ -392,13 +424,14 @@ def plan(
     best = min(at_floor or in_ram, key=lambda o: (o.cost, o.peak))
     notes = _notes(workload, best.tile, budget)
     log.info(
-        "memory plan for a budget of %s: %s, resident %s, tile %s (%d per call), VAE tiles %s, %s CFG, "
+        "memory plan for a budget of %s: %s, resident %s, tile %s (%d per call%s), VAE tiles %s, %s CFG, "
         "estimated peak %s",
         _gib(budget),
         best.policy,
         _gib(best.resident),
         best.tile,
         best.tile_batch,
+        ", in lockstep" if best.lockstep else "",
         best.vae_tiles,
         "batched" if best.batch_cfg else "sequential",
         _gib(best.peak),
@@ -418,6 +451,7 @@ def plan(
         vae_storage=best.vae_storage,
         host_bytes=best.host_bytes,
         notes=notes,
+        lockstep=best.lockstep,
     )
 
 
@@ -462,7 +496,8 @@ def _fixed_plan(
     batch_cfg = config.batch_cfg is not False
     n_tiles, _ = _tiles(workload.latent_hw, workload.tile)
     tile_batch = min(config.tile_batch or 1, n_tiles)
-    estimate = _estimate(workload, policy, resident or 0, batch_cfg, config.chunk_bytes, tile_batch)
+    lockstep = _fixed_lockstep(workload, config, policy, resident or 0, budget, tile_batch)
+    estimate = _estimate(workload, policy, resident or 0, batch_cfg, config.chunk_bytes, tile_batch, lockstep)
     if budget is not None and estimate > budget:
         log.warning(
             "the %s policy needs about %s of device memory but %s is available: expect an out-of-memory "
@@ -489,7 +524,22 @@ def _fixed_plan(
         tile_batch=tile_batch,
         vae_storage=storage,
         host_bytes=maps,
+        lockstep=lockstep,
     )
+
+
+def _fixed_lockstep(
+    workload: Workload, config: MemoryConfig, policy: str, resident: int, budget: int | None, tile_batch: int
+) -> bool:
+    """The configured choice; None: ``blocks`` with several calls per step, when its peak fits ``budget``."""
+    if config.lockstep is not None:
+        return config.lockstep
+    batch_cfg = config.batch_cfg is not False
+    n_tiles, _ = _tiles(workload.latent_hw, workload.tile)
+    if policy != "blocks" or budget is None or _calls(n_tiles, tile_batch, batch_cfg) <= 1:
+        return False
+    peak = _estimate(workload, policy, resident, batch_cfg, config.chunk_bytes, tile_batch, lockstep=True)
+    return peak <= budget
 
 
 def _room_for_resident(workload: Workload, config: MemoryConfig) -> int:

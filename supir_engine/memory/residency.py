@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -147,10 +147,16 @@ class _Copier:
     """
 
     def __init__(
-        self, device: torch.device, transfer: Transfer, side_stream: bool, staging_bytes: int | None = None
+        self,
+        device: torch.device,
+        transfer: Transfer,
+        side_stream: bool,
+        staging_bytes: int | None = None,
+        count: Callable[[int], None] | None = None,
     ):
         self.transfer = transfer
         self.device = device
+        self._count = count  # told the bytes of copies that bypass ``transfer`` (the staging ring)
         self.stream = torch.cuda.Stream(device) if side_stream else None
         self._staging_bytes = staging_bytes if side_stream else None
 
@@ -161,6 +167,8 @@ class _Copier:
         with torch.cuda.stream(self.stream):
             if ring is not None:
                 copies = ring.send(tensors, self.stream)
+                if self._count is not None:
+                    self._count(sum(t.nelement() * t.element_size() for t in tensors))
             else:
                 copies = [self.transfer(t) for t in tensors]
         event = torch.cuda.Event()
@@ -192,12 +200,34 @@ def _leaves(roots: Iterable[nn.Module]) -> list[nn.Module]:
     return leaves
 
 
-def _chunked(leaves: Sequence[nn.Module], slots: Mapping[int, list[_Slot]], limit: int) -> list[list[int]]:
-    """Consecutive leaves (indices) grouped into chunks of at most ``limit`` bytes (a larger leaf alone)."""
+def _units(roots: Sequence[nn.Module]) -> tuple[list[list[nn.Module]], bool]:
+    """Leaves grouped into units that are never split across chunks, in execution order when known.
+
+    A root with ``segments()`` (the networks' stepped forms) gives one unit per segment, in execution
+    order; any other root one unit per leaf, in definition order. Also whether every root gave segments.
+    """
+    units, seen, known = [], set(), True
+    for root in roots:
+        segments = getattr(root, "segments", None)
+        if segments is None:
+            known = False
+            parts = [[leaf] for leaf in _leaves([root])]
+        else:
+            parts = [_leaves(segment) for segment in segments()]
+            parts.append(_leaves([root]))  # anything no segment names, last
+        for part in parts:
+            unit = [leaf for leaf in part if id(leaf) not in seen]
+            seen.update(id(leaf) for leaf in unit)
+            if unit:
+                units.append(unit)
+    return units, known
+
+
+def _chunked(sizes: Sequence[int], limit: int) -> list[list[int]]:
+    """Consecutive units (indices) grouped into chunks of at most ``limit`` bytes (a larger unit alone)."""
     chunks: list[list[int]] = []
     size = limit
-    for i, leaf in enumerate(leaves):
-        nbytes = sum(s.nbytes for s in slots[id(leaf)])
+    for i, nbytes in enumerate(sizes):
         if size + nbytes > limit:
             chunks.append([])
             size = 0
@@ -210,9 +240,11 @@ class _Streamer:
     """Streams the layers of some networks through the device, chunk by chunk, in execution order.
 
     A forward pre-hook on every leaf module loads the leaf's chunk (dropping the previous one) and copies
-    the next chunk ahead. Chunks start in definition order; after the first complete evaluation (the first
-    leaf runs again) they are rebuilt in the recorded execution order, so prefetching then always guesses
-    right. Correctness never depends on the guess: a weight that is not resident is copied by its layer.
+    the next chunk ahead. Networks that list their ``segments()`` are chunked in execution order from
+    the start, a chunk always holding whole segments, so evaluations run in lockstep (segment by segment,
+    round-robin) load each chunk once per pass. Other networks start in definition order; after their
+    first complete evaluation (the first leaf runs again) they are rebuilt in the recorded execution
+    order. Correctness never depends on the order: a weight that is not resident is copied by its layer.
     """
 
     def __init__(
@@ -228,7 +260,8 @@ class _Streamer:
         self.copier = copier
         self.chunk_bytes = chunk_bytes
         self.prefetch = prefetch
-        leaves = _leaves(roots)
+        units, known = _units(roots)
+        leaves = [leaf for unit in units for leaf in unit]
         self._slots = {id(leaf): _module_slots(leaf, recurse=False) for leaf in leaves}
         self.resident: list[_Slot] = []
         self.streamed: list[nn.Module] = []
@@ -241,26 +274,38 @@ class _Streamer:
                 resident_bytes = 0  # keep a prefix resident: one contiguous run, streamed in order after it
                 self.streamed.append(leaf)
         placement.acquire(self.resident)
+        streamed = {id(leaf) for leaf in self.streamed}
+        units = [kept for unit in units if (kept := [leaf for leaf in unit if id(leaf) in streamed])]
         self._order: list[nn.Module] = []
         self._recorded: set[int] = set()
-        self._recording = True
+        self._recording = not known
         self._current: int | None = None
         self._pending: tuple[int, list[torch.Tensor], object] | None = None
-        self._build(self.streamed)
+        self._build(units)
         self._hooks = [leaf.register_forward_pre_hook(partial(self._enter, leaf)) for leaf in self.streamed]
 
     def slots(self, leaf: nn.Module) -> list[_Slot]:
         return self._slots[id(leaf)]
 
-    def _build(self, order: Sequence[nn.Module], rest: Sequence[nn.Module] = ()) -> None:
-        """Chunks of ``order`` (cycled through by prefetching), then of ``rest`` (leaves not seen running)."""
-        self._leaves = [*order, *rest]
-        chunks = _chunked(order, self._slots, self.chunk_bytes)
-        self._cycle = len(chunks)
-        first = len(order)
-        chunks += [[first + i for i in c] for c in _chunked(rest, self._slots, self.chunk_bytes)]
-        self._chunks = [[s for i in chunk for s in self._slots[id(self._leaves[i])]] for chunk in chunks]
-        self._chunk_of = {id(self._leaves[i]): c for c, chunk in enumerate(chunks) for i in chunk}
+    @property
+    def chunks(self) -> list[list[nn.Module]]:
+        """The leaves of each chunk, in streaming order."""
+        return [list(chunk) for chunk in self._chunk_leaves]
+
+    def _build(self, order: Sequence[Sequence[nn.Module]], rest: Sequence[Sequence[nn.Module]] = ()) -> None:
+        """Chunks of the units ``order`` (cycled through by prefetching), then of ``rest`` (not seen run)."""
+
+        def size(unit: Sequence[nn.Module]) -> int:
+            return sum(s.nbytes for leaf in unit for s in self._slots[id(leaf)])
+
+        def leaves(units: Sequence[Sequence[nn.Module]], chunks: list[list[int]]) -> list[list[nn.Module]]:
+            return [[leaf for i in chunk for leaf in units[i]] for chunk in chunks]
+
+        self._chunk_leaves = leaves(order, _chunked([size(u) for u in order], self.chunk_bytes))
+        self._cycle = len(self._chunk_leaves)
+        self._chunk_leaves += leaves(rest, _chunked([size(u) for u in rest], self.chunk_bytes))
+        self._chunks = [[s for leaf in chunk for s in self._slots[id(leaf)]] for chunk in self._chunk_leaves]
+        self._chunk_of = {id(leaf): c for c, chunk in enumerate(self._chunk_leaves) for leaf in chunk}
 
     def _enter(self, leaf: nn.Module, module: nn.Module, args: object) -> None:
         if self._recording:
@@ -273,7 +318,8 @@ class _Streamer:
         if self._order and leaf is self._order[0]:
             self._recording = False
             self._drop_loaded()
-            self._build(self._order, [m for m in self.streamed if id(m) not in self._recorded])
+            rest = [[m] for m in self.streamed if id(m) not in self._recorded]
+            self._build([[m] for m in self._order], rest)
             log.debug("streaming %d chunks in recorded order", len(self._chunks))
         elif id(leaf) not in self._recorded:
             self._recorded.add(id(leaf))
@@ -322,7 +368,8 @@ class Residency:
 
     ``transfer`` makes a device copy of a RAM tensor (default ``t.to(device)``); tests pass a recording
     copier to watch residency on the CPU. ``observer(event, stage)`` is told "begin" (before the stage's
-    weights are placed), "ready" (after) and "end" (after they are dropped).
+    weights are placed), "ready" (after) and "end" (after they are dropped). ``bytes_to_device`` counts
+    the weight bytes copied to the device per stage (placement and prefetch; the innermost stage).
     """
 
     def __init__(
@@ -347,13 +394,16 @@ class Residency:
         # On the CPU the weights already are where the computation runs: nothing to do.
         self.active = transfer is not None or self.device.type != "cpu"
         cuda = self.device.type == "cuda" and transfer is None
-        self.placement = _Placement(transfer or _default_transfer(self.device))
+        self.bytes_to_device: Counter[str] = Counter()
+        self._stages: list[str] = []
+        self.placement = _Placement(self._counted(transfer or _default_transfer(self.device)))
         self.pin_memory = pin_memory and cuda
         self.copier = _Copier(
             self.device,
             self.placement.transfer,
             side_stream=cuda and prefetch,
             staging_bytes=chunk_bytes if self.pin_memory else None,
+            count=self._count,
         )
         self.prefetch = prefetch
 
@@ -363,6 +413,25 @@ class Residency:
     ) -> Iterator[None]:
         """Run a stage with ``modules`` resident; ``streamed`` ones are streamed under ``blocks``."""
         self._notify("begin", name)
+        self._stages.append(name)
+        try:
+            yield from self._stage(name, modules, streamed)
+        finally:
+            self._stages.pop()
+
+    def _count(self, nbytes: int) -> None:
+        self.bytes_to_device[self._stages[-1] if self._stages else ""] += nbytes
+
+    def _counted(self, transfer: Transfer) -> Transfer:
+        def copy(t: torch.Tensor) -> torch.Tensor:
+            self._count(t.nelement() * t.element_size())
+            return transfer(t)
+
+        return copy
+
+    def _stage(
+        self, name: str, modules: Sequence[nn.Module], streamed: Sequence[nn.Module]
+    ) -> Iterator[None]:
         if not self.active:
             self._notify("ready", name)
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Generator
 
 import torch
 import torch.nn.functional as F
@@ -95,8 +96,24 @@ class BasicTransformerBlock(nn.Module):
         return x + self.ff(self.norm3(x))
 
 
+Steps = Generator[None, None, torch.Tensor]
+"""A stepped forward: yields at segment boundaries, returns the output (see ``drive``)."""
+
+
+def drive(steps: Steps) -> torch.Tensor:
+    """Run a stepped forward to the end and return its output."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
 class SpatialTransformer(nn.Module):
-    """Linear-projection spatial transformer (SDXL's use_linear_in_transformer=True)."""
+    """Linear-projection spatial transformer (SDXL's use_linear_in_transformer=True).
+
+    Its stepped form yields between transformer blocks; ``segments`` lists the modules of each segment.
+    """
 
     def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int):
         super().__init__()
@@ -108,13 +125,27 @@ class SpatialTransformer(nn.Module):
         self.proj_out = ops.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return drive(self.steps(x, context))
+
+    def steps(self, x: torch.Tensor, context: torch.Tensor) -> Steps:
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)
         tokens = self.proj_in(tokens)
-        for block in self.transformer_blocks:
+        for i, block in enumerate(self.transformer_blocks):
+            if i:
+                yield
             tokens = block(tokens, context)
         tokens = self.proj_out(tokens)
         return x + tokens.transpose(1, 2).reshape(b, c, h, w)
+
+    def segments(self) -> list[list[nn.Module]]:
+        blocks = list(self.transformer_blocks)
+        if not blocks:
+            return [[self.norm, self.proj_in, self.proj_out]]
+        parts = [[block] for block in blocks]
+        parts[0] = [self.norm, self.proj_in, *parts[0]]
+        parts[-1].append(self.proj_out)
+        return parts
 
 
 class ResBlock(nn.Module):
@@ -160,17 +191,37 @@ class Upsample(nn.Module):
 
 
 class TimestepSequential(nn.Sequential):
-    """A sequence of layers, each given what it needs: embedding, text context, or nothing."""
+    """A sequence of layers, each given what it needs: embedding, text context, or nothing.
+
+    Its stepped form yields before every layer but the first (and inside transformers).
+    """
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        for layer in self:
-            x = run_layer(layer, x, emb, context)
+        return drive(self.steps(x, emb, context))
+
+    def steps(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> Steps:
+        for i, layer in enumerate(self):
+            if i:
+                yield
+            x = yield from layer_steps(layer, x, emb, context)
         return x
+
+    def segments(self) -> list[list[nn.Module]]:
+        return [part for layer in self for part in layer_segments(layer)]
 
 
 def run_layer(layer: nn.Module, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    return drive(layer_steps(layer, x, emb, context))
+
+
+def layer_steps(layer: nn.Module, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> Steps:
     if isinstance(layer, ResBlock):
         return layer(x, emb)
     if isinstance(layer, SpatialTransformer):
-        return layer(x, context)
+        return (yield from layer.steps(x, context))
     return layer(x)
+
+
+def layer_segments(layer: nn.Module) -> list[list[nn.Module]]:
+    """The segments of one layer's stepped form (one, but for a transformer's blocks)."""
+    return layer.segments() if isinstance(layer, SpatialTransformer) else [[layer]]

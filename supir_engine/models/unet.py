@@ -15,9 +15,12 @@ from .blocks import (
     GroupNorm32,
     ResBlock,
     SpatialTransformer,
+    Steps,
     TimestepSequential,
     Upsample,
-    run_layer,
+    drive,
+    layer_segments,
+    layer_steps,
     timestep_embedding,
 )
 
@@ -215,30 +218,73 @@ class SUPIRUNet(nn.Module):
         control: Sequence[torch.Tensor],
         control_scale: float = 1.0,
     ) -> torch.Tensor:
+        return drive(self.steps(x, timesteps, context, y, control, control_scale))
+
+    def steps(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        y: torch.Tensor,
+        control: Sequence[torch.Tensor],
+        control_scale: float = 1.0,
+    ) -> Steps:
+        """The stepped forward: yields between the parts ``segments`` lists, in the same order."""
         dtype = x.dtype
         context = context.to(dtype)
         emb = embed(self.cfg, self.time_embed, self.label_emb, timesteps, y, dtype)
         skips, h = [], x
         for block in self.input_blocks:
-            h = block(h, emb, context)
+            yield
+            h = yield from block.steps(h, emb, context)
             skips.append(h)
-        h = self.middle_block(h, emb, context)
+        yield
+        h = yield from self.middle_block.steps(h, emb, context)
 
         proj = len(self.project_modules) - 1
         feat = len(control) - 1
+        yield
         h = self.project_modules[proj](control[feat], h, None, control_scale)
         proj -= 1
         feat -= 1
         for block in self.output_blocks:
+            yield
             h = self.project_modules[proj](control[feat], skips.pop(), h, control_scale)
             proj -= 1
+            yield
             if _wants_cross_attn(block):
-                for layer in block[:-1]:
-                    h = run_layer(layer, h, emb, context)
+                for i, layer in enumerate(block[:-1]):
+                    if i:
+                        yield
+                    h = yield from layer_steps(layer, h, emb, context)
+                yield
                 h = self.project_modules[proj](control[feat], h, control_scale)
                 proj -= 1
+                yield
                 h = block[-1](h)
             else:
-                h = block(h, emb, context)
+                h = yield from block.steps(h, emb, context)
             feat -= 1
+        yield
         return self.out(h)
+
+    def segments(self) -> list[list[nn.Module]]:
+        """The modules each segment of ``steps`` runs, in execution order."""
+        parts: list[list[nn.Module]] = [[self.time_embed, self.label_emb]]
+        for block in self.input_blocks:
+            parts += block.segments()
+        parts += self.middle_block.segments()
+        proj = len(self.project_modules) - 1
+        parts.append([self.project_modules[proj]])
+        for block in self.output_blocks:
+            proj -= 1
+            parts.append([self.project_modules[proj]])
+            if _wants_cross_attn(block):
+                for layer in block[:-1]:
+                    parts += layer_segments(layer)
+                proj -= 1
+                parts += [[self.project_modules[proj]], [block[-1]]]
+            else:
+                parts += block.segments()
+        parts.append([self.out])
+        return parts
