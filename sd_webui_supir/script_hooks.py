@@ -126,6 +126,8 @@ def postprocess_image(p, pp) -> None:
     if opt("supir_compare"):
         BEFORE.remember(shared.state.job_timestamp, index, source)
     pp.image = result.image
+    for note in result.notes:  # e.g. a VAE decode retried in fp32, the checkpoint left in RAM
+        p.comment(f"SUPIR: {note}")
     job.params[index] = infotext_params(args, result.settings, default_prompts())
 
 

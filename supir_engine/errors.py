@@ -52,3 +52,7 @@ class DeviceMemoryError(SupirError):
         self.needed = needed
         self.budget = budget
         super().__init__(message)
+
+
+class NonFiniteError(SupirError):
+    """A stage produced NaN or infinite values (usually a reduced-precision overflow)."""

@@ -97,3 +97,13 @@ def test_interrupt_or_skip_at_sampler_step_k(webui, press):
     assert all(e.startswith("SUPIR was interrupted") for e in errors) and len(errors) == 2
     assert_restored(webui, runs=1)  # the second image of the batch is not even tried
     assert_kept(webui, processed, n=2)
+
+
+def test_checkpoint_left_in_ram_is_said_on_the_page(webui, monkeypatch):
+    from .test_host import _restore_runs_out_of_memory
+
+    _restore_runs_out_of_memory(monkeypatch)
+    _, processed = txt2img(webui, batch_size=1)
+    assert "SUPIR: the SD checkpoint was left in RAM" in processed.comments
+    assert webui.sdxl.device.type == "cpu"
+    assert processed.images[0].size != (32, 32)  # the upscale itself succeeded
