@@ -189,7 +189,7 @@ class SUPIRPipeline:
         self.memory = memory_config(memory)
         self._transfer, self._observer = transfer, observer
         self._residency: Residency | None = None
-        self._stage1_cache: tuple[tuple, Stage1] | None = None
+        self._stage1_cache: tuple[tuple, Stage1, list[str]] | None = None  # key, result, its notes
 
     @classmethod
     def from_files(
@@ -272,7 +272,9 @@ class SUPIRPipeline:
     ) -> Stage1:
         """Stage 1 results, kept in RAM (not on the device) for the next run with the same input."""
         if self._stage1_cache is not None and self._stage1_cache[0] == key:
+            notes.extend(self._stage1_cache[2])
             return self._stage1_cache[1]
+        own_notes: list[str] = []
 
         def run(dtype: torch.dtype) -> Stage1:
             x = lq.to(self.device, dtype)
@@ -280,8 +282,10 @@ class SUPIRPipeline:
             return compute_stage1(vae, x, settings.denoise_stage, self.scale_factor, self._vae_part)
 
         with self._stage("stage1", host, timings):
-            result = run_vae_checked(run, self.vae_dtype, "stage 1 (VAE)", notes, Stage1.tensors).to("cpu")
-        self._stage1_cache = (key, result)
+            result = run_vae_checked(run, self.vae_dtype, "stage 1 (VAE)", own_notes, Stage1.tensors)
+            result = result.to("cpu")
+        self._stage1_cache = (key, result, own_notes)
+        notes.extend(own_notes)
         return result
 
     def _decode(self, settings: UpscaleSettings, latent: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -72,6 +72,8 @@ def test_a_16_bit_vae_nan_is_retried_once_in_fp32_and_noted(model, monkeypatch, 
     assert result.notes == expected
     assert all(note in caplog.text for note in expected)
     assert np.asarray(result.image).std() > 0
+    again = pipeline.upscale(image(), FAST.replace(denoise_stage=denoise_stage))
+    assert again.stage1_cached and again.notes == expected  # a cached stage 1 keeps its note
 
 
 def test_nan_from_the_vae_in_fp32_too_stops_with_an_error(model, monkeypatch):

@@ -107,3 +107,17 @@ def test_checkpoint_left_in_ram_is_said_on_the_page(webui, monkeypatch):
     assert "SUPIR: the SD checkpoint was left in RAM" in processed.comments
     assert webui.sdxl.device.type == "cpu"
     assert processed.images[0].size != (32, 32)  # the upscale itself succeeded
+
+
+def test_nan_from_sampling_keeps_the_image_and_says_why(webui, monkeypatch):
+    real = sampling.SAMPLERS["restore_edm"]
+
+    def overflowing(*args, **kwargs):
+        return real(*args, **kwargs) * float("nan")
+
+    monkeypatch.setitem(sampling.SAMPLERS, "restore_edm", overflowing)
+    _, processed = txt2img(webui, batch_size=1)
+    error = params_of(processed.infotexts[0])["SUPIR error"]
+    assert error.startswith("SUPIR: sampling produced NaN/infinite values") and error in processed.comments
+    assert_restored(webui, runs=1)
+    assert_kept(webui, processed)
