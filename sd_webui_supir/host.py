@@ -9,10 +9,13 @@ in between. Progress goes to ``shared.state``, which the webui's progress bar an
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import Callable, Iterator
 
 from modules import devices, sd_models, shared
+
+from supir_engine.oom import drop_frames
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,13 @@ STAGE_NAMES = {
     "sampling": "sampling",
     "decode": "VAE decode",
 }
+
+
+RESTORE_FAILED = (
+    "the SD checkpoint was left in RAM: moving it back to the GPU failed ({error}). Before the next "
+    "generation, move it back with Settings > Actions > 'Load SD checkpoint to VRAM from RAM' (or restart "
+    "the webui)."
+)
 
 
 def loaded_sd_model():
@@ -54,6 +64,7 @@ class WebuiHost:
         self._depth = 0
         self._model = None
         self._restore = False
+        self.restore_failure: str | None = None  # set when the checkpoint could not go back to the GPU
 
     @property
     def will_restore(self) -> bool:
@@ -86,8 +97,24 @@ class WebuiHost:
             model, restore = self._model, self._restore
             self._model, self._restore = None, False
             if restore:
-                sd_models.send_model_to_device(model)
+                try:
+                    sd_models.send_model_to_device(model)
+                except Exception as exc:  # e.g. out of memory with the checkpoint half on the GPU
+                    self._leave_in_ram(model, exc)
             devices.torch_gc()
+
+    def _leave_in_ram(self, model, exc: Exception) -> None:
+        """A checkpoint half on the GPU breaks the next generation: put all of it in RAM, and say so."""
+        error = f"{type(exc).__name__}: {exc}"
+        log.debug("SUPIR: restoring the SD checkpoint failed", exc_info=exc)
+        drop_frames(exc)
+        with contextlib.suppress(Exception):
+            sd_models.send_model_to_cpu(model)  # also undoes --medvram/--lowvram placement
+        model.to(devices.cpu)
+        gc.collect()
+        devices.torch_gc()
+        self.restore_failure = RESTORE_FAILED.format(error=error)
+        log.warning("SUPIR: %s", self.restore_failure)
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[WebuiHost]:

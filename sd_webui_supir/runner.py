@@ -26,7 +26,7 @@ from supir_engine.pipeline import SUPIRPipeline, UpscaleResult
 from supir_engine.settings import UpscaleSettings
 
 from .args import model_name
-from .host import WebuiHost, loaded_sd_model
+from .host import RESTORE_FAILED, WebuiHost, loaded_sd_model
 from .options import LOADED_CHECKPOINT, models_dir, opt
 from .precision import webui_precision
 
@@ -241,21 +241,33 @@ def upscale(
     """
     host = WebuiHost(label)
     host.before_restore.append(lambda: _after_run(host))
-    with _Loaded.lock, host.lease():
-        supir_file = find_supir(models_dir(), variant, HOW_TO_GET_SUPIR_WEBUI)
-        device = devices.get_device_for("supir")
-        precision = webui_precision(device)
-        model = CACHE.get(resolve_base(), supir_file, load_options(precision))
-        pipeline = _pipeline(model, device, precision)
-        with _no_autocast(device):
-            result = pipeline.upscale(image, settings, host)
+    try:
+        with _Loaded.lock, host.lease():
+            supir_file = find_supir(models_dir(), variant, HOW_TO_GET_SUPIR_WEBUI)
+            device = devices.get_device_for("supir")
+            precision = webui_precision(device)
+            model = CACHE.get(resolve_base(), supir_file, load_options(precision))
+            pipeline = _pipeline(model, device, precision)
+            with _no_autocast(device):
+                result = pipeline.upscale(image, settings, host)
+    except Exception as exc:
+        if host.restore_failure:
+            exc.add_note(host.restore_failure)
+        raise
+    if host.restore_failure:
+        result.notes.append(host.restore_failure)
     result.image = fit_to_scale(result.image, image.size, settings.scale)
     result.output_size = result.image.size
     return result
 
 
 def user_message(exc: BaseException) -> str:
-    """What to tell the user about a failed run."""
+    """What to tell the user about a failed run (and about the SD checkpoint, when it was left in RAM)."""
+    restore = [n for n in getattr(exc, "__notes__", ()) if n.startswith(RESTORE_FAILED[:30])]
+    return " ".join([_failure_message(exc), *restore])
+
+
+def _failure_message(exc: BaseException) -> str:
     if isinstance(exc, CancelledError):
         return "SUPIR was interrupted; the image was kept as it was."
     if isinstance(exc, SupirError):

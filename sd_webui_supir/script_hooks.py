@@ -157,6 +157,8 @@ def postprocess_image(p, pp) -> None:
     if opt("supir_compare"):
         BEFORE.remember(shared.state.job_timestamp, index, source)
     pp.image = result.image
+    for note in result.notes:  # e.g. a VAE decode retried in fp32, the checkpoint left in RAM
+        p.comment(f"SUPIR: {note}")
     job.params[index] = {
         **result_params(args, result, default_prompts()),
         "Size": f"{result.image.width}x{result.image.height}",

@@ -61,3 +61,7 @@ class HostMemoryError(SupirError):
         self.needed = needed
         self.available = available
         super().__init__(message)
+
+
+class NonFiniteError(SupirError):
+    """A stage produced NaN or infinite values (usually a reduced-precision overflow)."""

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,10 +26,12 @@ from torch import nn
 from .colorfix import apply_color_fix
 from .device_policy import Precision, precision_for
 from .errors import CancelledError, DeviceMemoryError
+from .finite import check_sampled, run_vae_checked
 from .host import Host, NullHost
 from .memory import MemoryConfig, MemoryPlan, Residency, Workload, memory_config, plan_memory
 from .models import SUPIRModel
 from .models.vae import FirstStage, split_moments
+from .oom import drop_frames, empty_device_cache, is_out_of_memory
 from .preprocess import prepare_image, to_pil
 from .sampling import (
     SAMPLERS,
@@ -60,10 +63,11 @@ class Stage1:
     anchor_mean: torch.Tensor  # posterior of the encoder on the reference (scaled by the caller)
     anchor_logvar: torch.Tensor
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.control, self.reference, self.anchor_mean, self.anchor_logvar)
+
     def to(self, device: torch.device | str) -> Stage1:
-        return Stage1(
-            *(t.to(device) for t in (self.control, self.reference, self.anchor_mean, self.anchor_logvar))
-        )
+        return Stage1(*(t.to(device) for t in self.tensors()))
 
 
 StagePlacement = Callable[[str], contextlib.AbstractContextManager]
@@ -150,6 +154,7 @@ class UpscaleResult:
     memory: MemoryPlan | None = None  # how device memory was used (policy, residency, tiles, CFG batching)
     precision: Precision | None = None  # compute dtypes of each part, and why
     bytes_to_device: dict[str, int] = field(default_factory=dict)  # weight bytes copied, per stage
+    notes: list[str] = field(default_factory=list)  # what the run did differently (e.g. an fp32 VAE retry)
 
 
 class _CountingDenoiser(Denoiser):
@@ -204,7 +209,7 @@ class SUPIRPipeline:
         self.memory = memory_config(memory)
         self._transfer, self._observer = transfer, observer
         self._residency: Residency | None = None
-        self._stage1_cache: tuple[tuple, Stage1] | None = None
+        self._stage1_cache: tuple[tuple, Stage1, list[str]] | None = None  # key, result, its notes
         self._vae_storage: torch.device | None = None  # where the tiled VAE keeps its maps (None: RAM)
 
     @classmethod
@@ -291,18 +296,29 @@ class SUPIRPipeline:
             self.vae_dtype,
         )
 
-    def _stage1(self, lq: torch.Tensor, key: tuple, settings: UpscaleSettings, host: Host, timings) -> Stage1:
+    def _stage1(
+        self, lq: torch.Tensor, key: tuple, settings: UpscaleSettings, host: Host, timings, notes: list[str]
+    ) -> Stage1:
         """Stage 1 results, kept in RAM (not on the device) for the next run with the same input."""
         if self._stage1_cache is not None and self._stage1_cache[0] == key:
+            notes.extend(self._stage1_cache[2])
             return self._stage1_cache[1]
+        own_notes: list[str] = []
+
+        def run(dtype: torch.dtype) -> Stage1:
+            x = lq.to(self.device, dtype)
+            vae = self._vae(settings)
+            return compute_stage1(vae, x, settings.denoise_stage, self.scale_factor, self._vae_part)
+
         with self._stage("stage1", host, timings):
-            x = lq.to(self.device, self.vae_dtype)
-            result = compute_stage1(
-                self._vae(settings), x, settings.denoise_stage, self.scale_factor, self._vae_part
-            )
+            result = run_vae_checked(run, self.vae_dtype, "stage 1 (VAE)", own_notes, Stage1.tensors)
             result = result.to("cpu")
-        self._stage1_cache = (key, result)
+        self._stage1_cache = (key, result, own_notes)
+        notes.extend(own_notes)
         return result
+
+    def _decode(self, settings: UpscaleSettings, latent: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self._vae(settings).decode(latent.to(dtype), self.scale_factor).float()
 
     def _conditioning(self, settings: UpscaleSettings, host: Host, timings) -> tuple[torch.Tensor, ...]:
         conditioner = self.model.conditioner
@@ -341,10 +357,18 @@ class SUPIRPipeline:
         host = host or NullHost()
         timings: dict[str, float] = {}
         host.acquire_device()
+        failed = True
         try:
             with torch.inference_mode():
-                return self._upscale(image, settings, host, timings)
-        except torch.cuda.OutOfMemoryError as exc:
+                result = self._upscale(image, settings, host, timings)
+            failed = False
+            return result
+        except Exception as exc:
+            # The traceback holds the failed frames' activations: let them go before the host's restore.
+            if not is_out_of_memory(exc):
+                drop_frames(exc)
+                raise
+            drop_frames(exc, keep_traceback=False)
             raise DeviceMemoryError(
                 f"the device ran out of memory ({exc}). Use the memory policy 'auto' or 'blocks', "
                 "fp8 weight storage, smaller tiles, or close other programs using the GPU"
@@ -353,6 +377,8 @@ class SUPIRPipeline:
             if self._residency is not None:
                 self._residency.release()
                 self._residency = None
+            if failed:
+                empty_device_cache(self.device)
             host.release_device()
 
     def _upscale(self, image: Image.Image, settings: UpscaleSettings, host: Host, timings) -> UpscaleResult:
@@ -367,7 +393,8 @@ class SUPIRPipeline:
         self._residency = self._residency_for(plan)
         key = self._stage1_key(image, settings)
         cached = self._stage1_cache is not None and self._stage1_cache[0] == key
-        stage1 = self._stage1(lq, key, settings, host, timings)
+        notes: list[str] = []
+        stage1 = self._stage1(lq, key, settings, host, timings, notes)
         crossattn, vector, un_crossattn, un_vector = self._conditioning(settings, host, timings)
 
         generator = torch.Generator("cpu").manual_seed(settings.seed)
@@ -400,9 +427,12 @@ class SUPIRPipeline:
                 on_step,
             )
         del guided, anchor, control, initial
+        check_sampled(latent, self.dtype)
         vae = self.model.first_stage_model
         with self._stage("decode", host, timings, vae.decoder, vae.post_quant_conv):
-            decoded = self._vae(settings).decode(latent.to(self.vae_dtype), self.scale_factor).float()
+            decode = partial(self._decode, settings, latent)
+            decoded = run_vae_checked(decode, self.vae_dtype, "the VAE decode", notes)
+            del decode
             del latent
             fixed = apply_color_fix(settings.color_fix, decoded, stage1.reference.to(decoded.device).float())
             del decoded
@@ -418,6 +448,7 @@ class SUPIRPipeline:
             plan,
             self.precision,
             dict(self._residency.bytes_to_device),
+            notes,
         )
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import SupirError
+from .errors import NonFiniteError, SupirError
+from .finite import USE_FP32
 
 log = logging.getLogger(__name__)
 
@@ -292,14 +293,21 @@ def prepare_image(
 
 
 def to_pil(tensor: torch.Tensor) -> Image.Image:
-    """[-1, 1] ``[3, H, W]`` or ``[1, 3, H, W]`` tensor to an RGB image: round(x * 127.5 + 127.5), clipped."""
+    """[-1, 1] ``[3, H, W]`` or ``[1, 3, H, W]`` tensor to an RGB image: round(x * 127.5 + 127.5), clipped.
+
+    Raises NonFiniteError for NaN or infinite values rather than clipping them to black or white.
+    """
     if tensor.dim() == 4:
         if tensor.shape[0] != 1:
             raise ImageError(f"to_pil takes one image; got a batch of {tensor.shape[0]} (index it first)")
         tensor = tensor[0]
     if tensor.dim() != 3 or tensor.shape[0] != 3:
         raise ImageError(f"expected a [3, H, W] or [1, 3, H, W] tensor, got {tuple(tensor.shape)}")
-    pixels = (tensor.detach().float().permute(1, 2, 0) * 127.5 + 127.5).round().clamp(0, 255)
+    values = tensor.detach().float()
+    if not bool(torch.isfinite(values).all()):
+        # clamp would turn NaN into 0: a black image that looks like a result
+        raise NonFiniteError(f"the output image holds NaN/infinite values. To fix it, {USE_FP32}.")
+    pixels = (values.permute(1, 2, 0) * 127.5 + 127.5).round().clamp(0, 255)
     return Image.fromarray(pixels.to(torch.uint8).cpu().numpy(), mode="RGB")
 
 

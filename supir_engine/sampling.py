@@ -83,6 +83,8 @@ class Denoiser:
         self.unet = unet
         self.control_model = control_model
         self.dtype = dtype
+        # Per-step tensors built from host numbers, one copy each (tiles and CFG halves share them).
+        self._host_values: dict[tuple, torch.Tensor] = {}
 
     def features(self, x_in: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> list[torch.Tensor]:
         return self.control_model(cond.control, timesteps, x_in, cond.crossattn, cond.vector)
@@ -90,12 +92,7 @@ class Denoiser:
     def __call__(
         self, x: torch.Tensor, sigma: float | Sequence[float], cond: Conditioning, control_scale: float
     ) -> torch.Tensor:
-        sigmas = [float(sigma)] * x.shape[0] if isinstance(sigma, (int, float)) else list(sigma)
-        snapped = [snap_sigma(s) for s in sigmas]
-        timesteps = torch.tensor([i for _, i in snapped], dtype=torch.long, device=x.device)
-        c_in = _per_sample([1.0 / math.sqrt(q**2 + 1.0) for q, _ in snapped], x)
-        c_out = _per_sample([q for q, _ in snapped], x)
-        x_in = (x * c_in).to(self.dtype)
+        x_in, timesteps, c_out = self._inputs(x, sigma)
         features = self.features(x_in, timesteps, cond)
         eps = self.unet(x_in, timesteps, cond.crossattn, cond.vector, features, control_scale)
         return x - c_out * eps.to(x.dtype)
@@ -121,9 +118,9 @@ class Denoiser:
         """The scaled network input, the integer timesteps and c_out, exactly as ``__call__`` makes them."""
         sigmas = [float(sigma)] * x.shape[0] if isinstance(sigma, (int, float)) else list(sigma)
         snapped = [snap_sigma(s) for s in sigmas]
-        timesteps = torch.tensor([i for _, i in snapped], dtype=torch.long, device=x.device)
-        c_in = _per_sample([1.0 / math.sqrt(q**2 + 1.0) for q, _ in snapped], x)
-        c_out = _per_sample([q for q, _ in snapped], x)
+        timesteps = self._on_device([i for _, i in snapped], torch.long, x.device)
+        c_in = self._per_sample([1.0 / math.sqrt(q**2 + 1.0) for q, _ in snapped], x)
+        c_out = self._per_sample([q for q, _ in snapped], x)
         return (x * c_in).to(self.dtype), timesteps, c_out
 
     def segments(self) -> list[list[torch.nn.Module]]:
@@ -134,6 +131,18 @@ class Denoiser:
         """Evaluate several calls segment by segment, round-robin: each segment's weights serve every
         call before the next segment runs. Every call computes what it would alone."""
         return run_lockstep([self.steps(*call) for call in calls])
+
+    def _per_sample(self, values: list[float], like: torch.Tensor) -> torch.Tensor | float:
+        """A scalar when the batch shares one value, else a [B,1,1,1] tensor of the host floats."""
+        if all(v == values[0] for v in values):
+            return values[0]
+        return self._on_device(values, like.dtype, like.device).view(-1, *([1] * (like.dim() - 1)))
+
+    def _on_device(self, values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (tuple(values), dtype, device)
+        if key not in self._host_values:
+            self._host_values[key] = host_to_device(torch.tensor(values, dtype=dtype), device)
+        return self._host_values[key]
 
 
 DenoiserCall = tuple[torch.Tensor, "float | Sequence[float]", Conditioning, float]
@@ -155,11 +164,16 @@ def run_lockstep(runs: Sequence[Generator[None, None, torch.Tensor]]) -> list[to
     return results
 
 
-def _per_sample(values: list[float], like: torch.Tensor) -> torch.Tensor | float:
-    """A scalar when the batch shares one value, else a [B,1,1,1] tensor built from host floats."""
-    if all(v == values[0] for v in values):
-        return values[0]
-    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (in RAM) on ``device`` without making the host wait for the device's queue.
+
+    A blocking copy to a CUDA device waits for every kernel queued before it; from page-locked memory the
+    copy is queued like a kernel instead (the allocator keeps the page-locked block until it has run).
+    """
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor)
+    return pinned.to(device, non_blocking=True)
 
 
 def conditioning_from_tensors(tensors: Mapping[str, torch.Tensor]) -> Conditioning:
@@ -443,11 +457,15 @@ NoiseSource = Callable[[torch.Tensor], torch.Tensor]
 
 
 def generator_noise(generator: torch.Generator) -> NoiseSource:
-    """A noise source drawing standard-normal tensors from ``generator`` (on the generator's device)."""
+    """A noise source drawing standard-normal tensors from ``generator`` (on the generator's device).
+
+    A CPU generator gives the same draws whatever the device; they reach a CUDA device through
+    page-locked memory, queued without waiting for the device (see ``host_to_device``).
+    """
 
     def draw(like: torch.Tensor) -> torch.Tensor:
         out = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=generator.device)
-        return out.to(like.device)
+        return host_to_device(out, like.device)
 
     return draw
 

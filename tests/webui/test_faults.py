@@ -152,3 +152,27 @@ def test_the_ui_and_the_api_share_one_table_of_limits(webui):
         SupirArgs(**{name: limit.maximum})  # the slider's end is accepted by the API
         with pytest.raises(ArgumentError, match=name):
             SupirArgs(**{name: limit.maximum + limit.step})
+
+
+def test_checkpoint_left_in_ram_is_said_on_the_page(webui, monkeypatch):
+    from .test_host import _restore_runs_out_of_memory
+
+    _restore_runs_out_of_memory(monkeypatch)
+    _, processed = txt2img(webui, batch_size=1)
+    assert "SUPIR: the SD checkpoint was left in RAM" in processed.comments
+    assert webui.sdxl.device.type == "cpu"
+    assert processed.images[0].size != (32, 32)  # the upscale itself succeeded
+
+
+def test_nan_from_sampling_keeps_the_image_and_says_why(webui, monkeypatch):
+    real = sampling.SAMPLERS["restore_edm"]
+
+    def overflowing(*args, **kwargs):
+        return real(*args, **kwargs) * float("nan")
+
+    monkeypatch.setitem(sampling.SAMPLERS, "restore_edm", overflowing)
+    _, processed = txt2img(webui, batch_size=1)
+    error = params_of(processed.infotexts[0])["SUPIR error"]
+    assert error.startswith("SUPIR: sampling produced NaN/infinite values") and error in processed.comments
+    assert_restored(webui, runs=1)
+    assert_kept(webui, processed)

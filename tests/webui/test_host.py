@@ -51,3 +51,24 @@ def test_progress_and_stop_flags(webui):
     assert not host.should_stop()
     shared.state.skip()
     assert host.should_stop()
+
+
+def _restore_runs_out_of_memory(monkeypatch):
+    def send_model_to_device(m):
+        sd_models.calls.append(("send_model_to_device", m))
+        m.to("cuda")  # part of it got there before the allocation failed
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    monkeypatch.setattr(sd_models, "send_model_to_device", send_model_to_device)
+
+
+def test_checkpoint_left_wholly_in_ram_when_its_restore_runs_out_of_memory(webui, monkeypatch, caplog):
+    _restore_runs_out_of_memory(monkeypatch)
+    host = WebuiHost()
+    with caplog.at_level("WARNING"), host.lease():
+        pass
+    assert webui.sdxl.device.type == "cpu"
+    assert host.restore_failure.startswith("the SD checkpoint was left in RAM")
+    assert "CUDA out of memory" in host.restore_failure
+    assert "Load SD checkpoint to VRAM" in host.restore_failure
+    assert host.restore_failure in caplog.text
