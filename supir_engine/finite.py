@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 REDUCED_DTYPES = (torch.float16, torch.bfloat16)
 USE_FP32 = (
-    "set the precision to fp32 (CLI --precision fp32, webui Settings > SUPIR > Precision, "
+    "set the precision to fp32 (CLI --precision fp32, webui Settings > SUPIR > 'precision SUPIR computes in', "
     "or start the webui with --no-half)"
 )
 

@@ -17,7 +17,7 @@ from supir_engine.settings import UpscaleSettings
 from supir_engine.tiny import TINY_CONFIG, random_state_dict
 
 FAST = UpscaleSettings(scale=2, min_size=64, steps=2, seed=5, s_churn=0.0)
-ADVICE = ("--precision fp32", "Settings > SUPIR > Precision", "--no-half")
+ADVICE = ("--precision fp32", "Settings > SUPIR > 'precision SUPIR computes in'", "--no-half")
 
 
 @pytest.fixture(scope="module")

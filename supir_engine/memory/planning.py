@@ -507,7 +507,9 @@ def _fixed_plan(
             _gib(budget),
         )
     maps = _vae_map_bytes(workload, workload.vae_tiles)
-    storage = "device" if maps and budget is not None and estimate + maps <= budget else "host"
+    # A fixed policy keeps its documented peak: the maps go on the device only within a budget the user set.
+    room = config.budget_bytes
+    storage = "device" if maps and room is not None and estimate + maps <= room else "host"
     if storage == "device":
         estimate, maps = estimate + maps, 0
     elif not _host_fits(maps, host_available):
