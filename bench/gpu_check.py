@@ -125,7 +125,9 @@ def random_model(
         if key.startswith("denoiser.") or key.endswith("position_ids"):
             continue  # computed, not stored
         wanted = (
-            vae_dtype if key.startswith("first_stage_model.") else tensor_storage_dtype(meta.shape, dtype)
+            vae_dtype
+            if key.startswith("first_stage_model.")
+            else tensor_storage_dtype(meta.shape, dtype, key)
         )
         state[key] = _random_tensor(key, meta.shape, wanted, gen)
     model.load_state_dict(state, strict=False, assign=True)
@@ -650,8 +652,10 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"no CUDA device for {args.device}: run on a CUDA machine, or use --dry-run")
     config = TINY_CONFIG if args.dry_run else SUPIR_V0
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    from supir_engine.device_policy import precision_for
+
+    precision = precision_for(device)  # what the pipeline will compute in on this card
+    dtype, vae_dtype = precision.unet, precision.vae_storage
     print(
         f"# building the model ({'files' if args.sdxl else 'random weights'}, {cases[0].storage})",
         file=sys.stderr,
