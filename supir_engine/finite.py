@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 
 REDUCED_DTYPES = (torch.float16, torch.bfloat16)
 USE_FP32 = (
-    "set the precision to fp32 (CLI --precision fp32, webui Settings > SUPIR > 'precision SUPIR computes in', "
-    "or start the webui with --no-half)"
+    "set the precision to fp32 (CLI --precision fp32, webui Settings > SUPIR > "
+    "'precision SUPIR computes in', or start the webui with --no-half)"
 )
 
 

@@ -170,13 +170,13 @@ def run_vae(models: FixtureModels, sidecar: Mapping, t: Mapping[str, torch.Tenso
 
 
 def run_sampler(models: FixtureModels, sidecar: Mapping, t: Mapping[str, torch.Tensor]) -> Pairs:
-    from .sampling import run_sampler_case
+    from .replay.sampling import run_sampler_case
 
     return run_sampler_case(models.denoiser, sidecar, t)
 
 
 def run_schedules(models: FixtureModels, sidecar: Mapping, t: Mapping[str, torch.Tensor]) -> Pairs:
-    from .sampling import run_schedule_case
+    from .replay.sampling import run_schedule_case
 
     return run_schedule_case(sidecar, t)
 
@@ -202,7 +202,7 @@ def run_text(models: FixtureModels, sidecar: Mapping, t: Mapping[str, torch.Tens
 
 
 def run_batchify(models: FixtureModels, sidecar: Mapping, t: Mapping[str, torch.Tensor]) -> Pairs:
-    from .pipeline import run_batchify_case
+    from .replay.batchify import run_batchify_case
 
     return run_batchify_case(models.denoiser, models.first_stage, sidecar, t)
 

@@ -13,6 +13,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from supir_engine.models.config import infer_unet_config
 from supir_engine.models.control import GLVControl
 from supir_engine.models.unet import SUPIRUNet
+from supir_engine.replay.sampling import run_sampler_case, run_schedule_case
 from supir_engine.sampling import (
     SAMPLERS,
     SCHEDULES,
@@ -24,8 +25,6 @@ from supir_engine.sampling import (
     dpmpp_2m_sigmas,
     generator_noise,
     karras_sigmas,
-    run_sampler_case,
-    run_schedule_case,
     sample_restore_dpmpp_2m,
     sample_restore_edm,
     sampler_sigmas,
