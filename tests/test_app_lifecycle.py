@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import os
 import signal
@@ -78,15 +79,21 @@ def test_unreadable_upload_keeps_the_previous_result(tmp_path):
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG but not an image")
-    component = checked_image(type="filepath", image_mode=None)
-    from gradio.data_classes import FileData
+    import gradio as gr
 
-    value = component.preprocess(FileData(path=str(broken), orig_name="broken.png"))
+    component = checked_image(type="filepath", image_mode=None)
+    try:  # gradio 4 and later hand the component a FileData; 3.41 (the webui's pin) a base64 data URL
+        from gradio.data_classes import FileData
+
+        upload = FileData(path=str(broken), orig_name="broken.png")
+    except ImportError:
+        upload = "data:image/png;base64," + base64.b64encode(broken.read_bytes()).decode()
+    value = component.preprocess(upload)
     assert isinstance(value, UnreadableUpload)
     app = make_app(FakeEngine(), tmp_path)
     outputs = page_handler(app)(value)
     *kept, info, status = outputs
-    assert all(k == {"__type__": "update"} for k in kept)
+    assert all(k == gr.update() for k in kept)
     assert "not a readable image" in info and str(tmp_path) not in info
 
 
@@ -97,9 +104,11 @@ def test_stop_is_shown_as_stopped_not_as_an_error(tmp_path):
 
     src = tmp_path / "in.png"
     Image.new("RGB", (32, 32)).save(src)
+    import gradio as gr
+
     app = make_app(FakeEngine(CancelledError("stopped after sampler step 1 of 2")), tmp_path)
     *kept, info, _ = page_handler(app)(str(src))
-    assert info.startswith("Stopped") and all(k == {"__type__": "update"} for k in kept)
+    assert info.startswith("Stopped") and all(k == gr.update() for k in kept)
 
 
 def test_progress_is_one_bar_over_all_stages():
