@@ -407,7 +407,11 @@ H2D_TARGET = 1.1  # host->device bytes of one sampler step, in weight passes (bl
 def _h2d_step(row: Row) -> float | None:
     """Weight bytes the sampling stage copied to the device per sampler step (None: not recorded)."""
     copied = row.bytes_to_device.get("sampling")
-    return None if copied is None or not row.steps else copied / row.steps
+    if copied is None or not row.steps:
+        return None
+    # blocks with partial residency copies its resident layers once per run, not per step
+    resident = int(row.plan.get("resident_bytes") or 0) if row.policy == "blocks" else 0
+    return max(0, copied - resident) / row.steps
 
 
 def _h2d_ratio(row: Row) -> float | None:
@@ -453,7 +457,8 @@ def table(rows: list[Row]) -> str:
     lines.append("stage columns: peak allocated GiB while that stage ran (weights + activations).")
     lines.append(
         "H2D/step: GiB of weights the sampling stage copied host->device per sampler step (first step "
-        "included); xstream: that over the UNet + control bytes not kept resident (1 = one pass)."
+        "included; layers kept resident are copied once per run and not counted); xstream: that over the "
+        "UNet + control bytes not kept resident (1 = one pass)."
     )
     lines.append(
         "reference (original SUPIR, same tracker): "
