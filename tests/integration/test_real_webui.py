@@ -345,7 +345,7 @@ def test_bad_request_and_interrupt_keep_things_as_they_were(with_base):
     outcome: dict = {}
 
     def run() -> None:
-        outcome["result"] = txt2img(webui, supir_args(webui, steps=400))
+        outcome["result"] = txt2img(webui, supir_args(webui, steps=200))  # the most the sliders allow
 
     worker = threading.Thread(target=run)
     worker.start()
@@ -468,6 +468,7 @@ def test_gallery_before_after_comparison_in_the_browser(with_base, tmp_path):
             page.fill(f"#txt2img_{name} input[type=number]", value)
             page.press(f"#txt2img_{name} input[type=number]", "Enter")
         page.locator("#script_txt2img_supir_enable .label-wrap").first.click()  # opening it enables SUPIR
+        page.locator("#script_txt2img_supir_advanced .label-wrap").first.click()  # steps are in Advanced
         page.fill("#script_txt2img_supir_steps input[type=number]", "2")
         page.press("#script_txt2img_supir_steps input[type=number]", "Enter")
         page.click("#txt2img_generate")
@@ -522,6 +523,7 @@ def test_extras_tab_in_the_browser(with_base, tmp_path):
         page.set_input_files("#extras_image input[type=file]", str(source))
         page.locator("#extras_image img").first.wait_for(state="visible", timeout=30_000)
         page.locator("#extras_supir .label-wrap").first.click()
+        page.locator("#extras_supir_advanced .label-wrap").first.click()
         page.fill("#extras_supir_steps input[type=number]", "2")
         page.press("#extras_supir_steps input[type=number]", "Enter")
         page.click("#extras_generate")
