@@ -530,10 +530,9 @@ def test_extras_tab_in_the_browser(with_base, tmp_path):
         info = "document.querySelector('#html_info_x_extras')"
         page.wait_for_function(f"() => {info}?.innerText.includes('SUPIR seed')", timeout=300_000)
         text = page.evaluate(f"() => {info}.innerText")
-        sizes = page.evaluate(
-            "() => Array.from(document.querySelectorAll('#extras_gallery img'))"
-            ".map(i => [i.naturalWidth, i.naturalHeight])"
-        )
+        gallery = "Array.from(document.querySelectorAll('#extras_gallery img'))"
+        page.wait_for_function(f"() => {gallery}.every(i => i.complete && i.naturalWidth > 0)")  # loaded
+        sizes = page.evaluate(f"() => {gallery}.map(i => [i.naturalWidth, i.naturalHeight])")
     assert "SUPIR model: SUPIR-v0Q" in text and "SUPIR steps: 2" in text
     assert sizes and all(size == [48, 32] for size in sizes)  # 24x16 (no webui upscaler chosen) x 2
 
