@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import io
 import logging
+import re
 import warnings
 from pathlib import Path
 from secrets import compare_digest
@@ -191,13 +192,21 @@ def _path_labels() -> list[tuple[str, str]]:
     return sorted(set(resolved), key=lambda item: -len(item[0]))
 
 
+# An absolute path outside the named folders (e.g. where a linked checkpoint really lies); not a URL's path
+# (after "//" or a host name) nor a label's ("<...>/name"), nor a route of the webui's or of this API.
+_OTHER_PATH = re.compile(
+    r"(?<![\w<>/:.])(?:[A-Za-z]:[\\/]|/)(?!(?:supir|sdapi)/v1/)(?:[^\s\"'<>/\\]+[\\/])+([^\s\"'<>/\\]+)"
+)
+
+
 def without_paths(value: Any, labels: list[tuple[str, str]] | None = None) -> Any:
-    """``value`` (JSON-like) with the server's absolute folders replaced by their names."""
+    """``value`` (JSON-like) with the server's absolute folders replaced by their names; any other
+    absolute path keeps only its last part."""
     labels = _path_labels() if labels is None else labels
     if isinstance(value, str):
         for folder, label in labels:
             value = value.replace(folder, label)
-        return value
+        return _OTHER_PATH.sub(r"<elsewhere>/\1", value)
     if isinstance(value, dict):
         return {k: without_paths(v, labels) for k, v in value.items()}
     if isinstance(value, list | tuple):

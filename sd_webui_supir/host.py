@@ -17,6 +17,8 @@ from modules import devices, sd_models, shared
 
 from supir_engine.oom import drop_frames
 
+from .total_progress import ImageShare
+
 log = logging.getLogger(__name__)
 
 STAGE_NAMES = {
@@ -55,11 +57,13 @@ class WebuiHost:
     """Frees the device for SUPIR and gives it back; re-entrant, so callers may hold a lease around a run.
 
     ``before_restore`` callbacks run just before the SD checkpoint goes back to its device (the model
-    cache uses it to drop references to the CPU copies of the checkpoint's tensors).
+    cache uses it to drop references to the CPU copies of the checkpoint's tensors). ``total_bar``: this
+    image's part of the console's "Total progress" bar, when the run is one of a generation's jobs.
     """
 
-    def __init__(self, label: str = "SUPIR") -> None:
+    def __init__(self, label: str = "SUPIR", total_bar: ImageShare | None = None) -> None:
         self.label = label
+        self.total_bar = total_bar
         self.before_restore: list[Callable[[], object]] = []
         self._depth = 0
         self._model = None
@@ -132,6 +136,8 @@ class WebuiHost:
             state.sampling_steps = total
             state.sampling_step = step
             state.textinfo = f"{self.label}: sampling step {step}/{total}"
+            if self.total_bar is not None:
+                self.total_bar.sampling(step, total)
         else:
             state.textinfo = f"{self.label}: {name}"
 

@@ -29,6 +29,7 @@ from .args import model_name
 from .host import RESTORE_FAILED, WebuiHost, loaded_sd_model
 from .options import LOADED_CHECKPOINT, models_dir, opt
 from .precision import webui_precision
+from .total_progress import ImageShare
 
 log = logging.getLogger(__name__)
 
@@ -232,14 +233,19 @@ def fit_to_scale(image: Image.Image, source_size: tuple[int, int], scale: float)
 
 
 def upscale(
-    image: Image.Image, settings: UpscaleSettings, variant: str, label: str = "SUPIR"
+    image: Image.Image,
+    settings: UpscaleSettings,
+    variant: str,
+    label: str = "SUPIR",
+    total_bar: ImageShare | None = None,
 ) -> UpscaleResult:
     """Restore and upscale one image with the webui's SD checkpoint out of the way.
 
-    Raises SupirError (CancelledError when the user interrupts); the SD checkpoint is back on its device
-    whatever happens.
+    ``total_bar``: the image's part of the console's "Total progress" bar, for an image that is one of
+    a generation's jobs. Raises SupirError (CancelledError when the user interrupts); the SD checkpoint
+    is back on its device whatever happens.
     """
-    host = WebuiHost(label)
+    host = WebuiHost(label, total_bar)
     host.before_restore.append(lambda: _after_run(host))
     try:
         with _Loaded.lock, host.lease():

@@ -16,7 +16,7 @@ from modules import images, processing, shared
 
 from supir_engine.errors import CancelledError, SupirError
 
-from . import runner
+from . import runner, total_progress
 from .args import ALL_INFOTEXT_KEYS, ArgumentError, SupirArgs, from_values, result_params, to_settings
 from .compare import BEFORE
 from .options import default_args, default_prompts, opt
@@ -40,6 +40,10 @@ class Job:
     skip: SkipImg2Img | None = None
     problem: str | None = None  # set when SUPIR cannot run at all (missing file, no SDXL base)
     counted: bool = False
+    # The console's "Total progress" bar holds one webui job's steps for each SUPIR image when the webui
+    # sizes it after SUPIR's jobs were counted; none otherwise. bar_steps: known once the webui has sampled.
+    bar_holds_jobs: bool = False
+    bar_steps: int | None = None
     params: dict[int, dict[str, Any]] = field(default_factory=dict)  # image index -> infotext values
 
     def infotext_value(self, key: str):
@@ -115,6 +119,7 @@ def before_process_batch(p) -> None:
         job.skip.restore_size(p)
     if not job.counted and not job.problem and shared.state.job_count > 0:
         shared.state.job_count += p.n_iter * p.batch_size  # one progress-bar job per SUPIR image
+        job.bar_holds_jobs = not total_progress.is_sized()
     job.counted = True
 
 
@@ -139,8 +144,13 @@ def postprocess_image(p, pp) -> None:
     if job.skip is None and opt("supir_save_before") and p.save_samples():
         _save_before(p, pp.image, position)
     shared.state.job = f"SUPIR {index + 1}/{p.n_iter * p.batch_size}"
+    if job.bar_steps is None:  # the webui's steps per job, before SUPIR's own replace them
+        job.bar_steps = shared.state.sampling_steps if job.bar_holds_jobs else 0
+    share = total_progress.ImageShare(job.bar_steps)
     try:
-        result = runner.upscale(source.convert("RGB"), settings, args.variant, label=shared.state.job)
+        result = runner.upscale(
+            source.convert("RGB"), settings, args.variant, label=shared.state.job, total_bar=share
+        )
     except Exception as exc:  # the webui would only log it: show it, and keep the image
         message = runner.user_message(exc)
         if isinstance(exc, CancelledError) and shared.state.skipped and not shared.state.interrupted:

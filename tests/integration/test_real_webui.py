@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -90,7 +91,7 @@ class HTTPStatusError(AssertionError):
 
     def __init__(self, path: str, code: int, body: bytes):
         super().__init__(f"{path}: HTTP {code}: {body[:2000]!r}")
-        self.code = code
+        self.code, self.body = code, body
 
 
 class Webui:
@@ -118,6 +119,7 @@ def start_webui(
     supir_files: dict[str, Path],
     config: dict,
     checkpoints: dict[str, Path] | None = None,
+    extra_flags: list[str] | None = None,
 ):
     """Start the webui with this extension and these files in a temporary data folder; yield it, stop it."""
     data = tmp_path_factory.mktemp("webui_data")
@@ -131,7 +133,7 @@ def start_webui(
 
     port = free_port()
     log = data / "webui.log"
-    cmd = [webui_python(), "launch.py", *WEBUI_FLAGS, "--port", str(port)]
+    cmd = [webui_python(), "launch.py", *WEBUI_FLAGS, *(extra_flags or []), "--port", str(port)]
     cmd += ["--ckpt", str(checkpoint), "--data-dir", str(data)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     with open(log, "wb") as out:
@@ -343,7 +345,7 @@ def test_bad_request_and_interrupt_keep_things_as_they_were(with_base):
     outcome: dict = {}
 
     def run() -> None:
-        outcome["result"] = txt2img(webui, supir_args(webui, steps=400))
+        outcome["result"] = txt2img(webui, supir_args(webui, steps=200))  # the most the sliders allow
 
     worker = threading.Thread(target=run)
     worker.start()
@@ -366,6 +368,61 @@ def test_bad_request_and_interrupt_keep_things_as_they_were(with_base):
     assert loaded_checkpoint(webui) == before
     assert webui.call("/supir/v1/status")["busy"] is False
     assert decode(txt2img(webui, supir_args(webui))["images"][0]).size == (128, 128)  # and SUPIR still works
+
+
+BAD_ARGUMENTS = [
+    ({"scale": "abc"}, "scale must be a number, got 'abc'"),
+    ({"model": "SUPIR-v0X"}, "model must be one of SUPIR-v0Q, SUPIR-v0F, got 'SUPIR-v0X'"),
+    ({"scale": 0}, "scale must be between 1 and 8, got 0.0"),
+    ({"scale": -1}, "scale must be between 1 and 8, got -1.0"),
+    ({"scale": 100}, "scale must be between 1 and 8, got 100.0"),
+    ({"steps": 0}, "steps must be between 1 and 200, got 0"),
+    ({"sampler": "euler"}, "sampler must be one of restore_edm, restore_dpmpp_2m, got 'euler'"),
+    ({"prompt_source": "Florence"}, "prompt_source must be one of Generation prompt, Custom caption, None"),
+]
+
+
+@pytest.mark.parametrize(("bad", "named"), BAD_ARGUMENTS)
+def test_bad_api_arguments_keep_the_image_and_say_why(with_base, bad, named):
+    webui = with_base
+    start = webui.log.stat().st_size
+    result = txt2img(webui, supir_args(webui, **bad))
+    assert decode(result["images"][0]).size == (64, 64)  # the generated image, not upscaled, not lost
+    infotext = json.loads(result["info"])["infotexts"][0]
+    assert "SUPIR error: " in infotext and named in infotext, infotext
+    assert "SUPIR model:" not in infotext
+    assert named in webui.log.read_bytes()[start:].decode(errors="replace")  # and a console line
+
+
+ABSOLUTE_PATH = re.compile(r"(?:^|[\s\"'(=])(/[\w.+-]+){2,}")
+
+
+def test_routes_without_login_name_no_server_folders(webui):
+    folders = [str(WEBUI.resolve()), str(webui.log.parent.resolve()), str(ROOT)]
+    answers = [webui.call("/supir/v1/models"), webui.call("/supir/v1/status")]
+    with pytest.raises(HTTPStatusError) as missing:  # an error that names the models folder
+        webui.call("/supir/v1/upscale", {"image": encode(Image.new("RGB", (32, 32))), "model": "SUPIR-v0F"})
+    assert missing.value.code == 404
+    answers.append(missing.value.body.decode())
+    text = json.dumps(answers)
+    assert "<SUPIR models folder>" in text and "SUPIR-v0F" in text  # the folder is named, not given
+    assert not [f for f in folders if f in text] and not ABSOLUTE_PATH.search(text), text
+
+
+def total_progress(console: str) -> tuple[int, int]:
+    """(steps, total) of the last "Total progress" bar the webui printed."""
+    found = re.findall(r"Total progress:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)", console)
+    assert found, console[-2000:]
+    return int(found[-1][0]), int(found[-1][1])
+
+
+def test_console_total_progress_ends_full(with_base):
+    webui = with_base
+    start = webui.log.stat().st_size
+    result = txt2img(webui, supir_args(webui, steps=2), batch_size=2)  # 1 webui step, 2 x 2 SUPIR steps
+    assert [decode(i).size for i in result["images"]] == [(128, 128)] * 2
+    console = webui.log.read_bytes()[start:].decode(errors="replace")
+    assert total_progress(console) == (1 + 2 * 2, 1 + 2 * 2)
 
 
 CHROMIUM = Path(os.environ.get("SD_WEBUI_CHROMIUM", "/usr/bin/chromium"))
@@ -411,6 +468,7 @@ def test_gallery_before_after_comparison_in_the_browser(with_base, tmp_path):
             page.fill(f"#txt2img_{name} input[type=number]", value)
             page.press(f"#txt2img_{name} input[type=number]", "Enter")
         page.locator("#script_txt2img_supir_enable .label-wrap").first.click()  # opening it enables SUPIR
+        page.locator("#script_txt2img_supir_advanced .label-wrap").first.click()  # steps are in Advanced
         page.fill("#script_txt2img_supir_steps input[type=number]", "2")
         page.press("#script_txt2img_supir_steps input[type=number]", "Enter")
         page.click("#txt2img_generate")
@@ -465,15 +523,47 @@ def test_extras_tab_in_the_browser(with_base, tmp_path):
         page.set_input_files("#extras_image input[type=file]", str(source))
         page.locator("#extras_image img").first.wait_for(state="visible", timeout=30_000)
         page.locator("#extras_supir .label-wrap").first.click()
+        page.locator("#extras_supir_advanced .label-wrap").first.click()
         page.fill("#extras_supir_steps input[type=number]", "2")
         page.press("#extras_supir_steps input[type=number]", "Enter")
         page.click("#extras_generate")
         info = "document.querySelector('#html_info_x_extras')"
         page.wait_for_function(f"() => {info}?.innerText.includes('SUPIR seed')", timeout=300_000)
         text = page.evaluate(f"() => {info}.innerText")
-        sizes = page.evaluate(
-            "() => Array.from(document.querySelectorAll('#extras_gallery img'))"
-            ".map(i => [i.naturalWidth, i.naturalHeight])"
-        )
+        gallery = "Array.from(document.querySelectorAll('#extras_gallery img'))"
+        page.wait_for_function(f"() => {gallery}.every(i => i.complete && i.naturalWidth > 0)")  # loaded
+        sizes = page.evaluate(f"() => {gallery}.map(i => [i.naturalWidth, i.naturalHeight])")
     assert "SUPIR model: SUPIR-v0Q" in text and "SUPIR steps: 2" in text
     assert sizes and all(size == [48, 32] for size in sizes)  # 24x16 (no webui upscaler chosen) x 2
+
+
+def status_text(page, tab: str = "txt2img") -> str:
+    return page.evaluate(f"() => document.querySelector('#script_{tab}_supir_status')?.textContent || ''")
+
+
+def test_status_line_is_current_when_the_page_loads_and_after_settings(webui):
+    """The accordion's status line: computed at page load, and again when Settings are applied."""
+    choose_base(webui, tiny=False)  # SD 1.5 loaded, no base file: SUPIR cannot run
+    with webui_page(webui) as page:
+        page.wait_for_function("() => document.querySelector('#script_txt2img_supir_status')?.textContent")
+        assert "not an SDXL model" in status_text(page)
+    choose_base(webui, tiny=True)  # changed behind the page's back: the next page load shows it
+    with webui_page(webui) as page:
+        page.wait_for_function(
+            "() => !document.querySelector('#script_txt2img_supir_status')?.textContent"
+            ".includes('not an SDXL model')",
+            timeout=60_000,
+        )
+        assert "SUPIR-v0Q" in status_text(page) and "SUPIR-v0Q" in status_text(page, "img2img")
+        # Settings > SUPIR > SDXL base back to the loaded checkpoint, Apply: the line follows, no reload
+        page.click("#tabs button:has-text('Settings')")
+        page.locator("#settings .tab-nav button", has_text=re.compile(r"^\s*SUPIR\s*$")).first.click()
+        page.locator("#setting_supir_sdxl_base input").first.click()
+        page.locator("#setting_supir_sdxl_base ul.options li", has_text="Loaded checkpoint").first.click()
+        page.click("#settings_submit")
+        page.wait_for_function(
+            "() => document.querySelector('#script_txt2img_supir_status')?.textContent"
+            ".includes('not an SDXL model')",
+            timeout=60_000,
+        )
+    assert webui.call("/sdapi/v1/options")["supir_sdxl_base"] == "Loaded checkpoint (when SDXL)"

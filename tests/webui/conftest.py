@@ -36,6 +36,7 @@ from modules import (  # noqa: E402 - the fake must be importable first
     sd_models,
     shared,
     shared_state,
+    shared_total_tqdm,
 )
 
 from supir_engine.tiny import random_state_dict, save_checkpoint, split_state_dict  # noqa: E402
@@ -150,6 +151,7 @@ def fresh(request):
     webui = request.getfixturevalue("webui")
     shared.state = shared_state.State()
     shared.state.begin(job="test")
+    shared.total_tqdm = shared_total_tqdm.TotalTQDM()
     sd_models.calls.clear()
     images.saved.clear()
     errors.reported.clear()
@@ -167,8 +169,8 @@ def upscale_calls(monkeypatch):
     calls = []
     real = runner.upscale
 
-    def spy(image, settings, variant, label="SUPIR"):
-        result = real(image, settings, variant, label)
+    def spy(image, settings, variant, label="SUPIR", **kwargs):
+        result = real(image, settings, variant, label, **kwargs)
         calls.append((image.copy(), settings, result.settings))
         return result
 

@@ -212,3 +212,15 @@ def test_without_any_login_answers_name_no_server_paths(webui, tmp_path):
     finally:
         shared.opts.supir_models_path = ""
     assert str(tmp_path) not in detail and "<SUPIR models folder>" in detail
+
+
+def test_without_any_login_a_linked_checkpoint_is_named_by_its_file_only(webui, monkeypatch):
+    """The base checkpoint may link to a file outside the webui's folders: its real path stays private."""
+    real = "/srv/private/checkpoints/sdxl_base_1.0.safetensors"
+    described = {"model_loaded": True, "base": real, "supir": {"file": "D:\\models\\SUPIR-v0Q.safetensors"}}
+    monkeypatch.setattr(runner.CACHE, "describe", lambda: described)
+    cache = client().get("/supir/v1/status").json()["cache"]
+    assert cache["base"] == "<elsewhere>/sdxl_base_1.0.safetensors"
+    assert cache["supir"]["file"] == "<elsewhere>/SUPIR-v0Q.safetensors"
+    models = client().get("/supir/v1/models").json()  # URLs in the answers are left as they are
+    assert "https://github.com/Fanghua-Yu/SUPIR" in models["how_to_get"]

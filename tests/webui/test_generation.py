@@ -228,3 +228,40 @@ def test_storage_dtype_setting(webui):
     finally:
         shared.opts.supir_storage_dtype = "auto"
     assert images.saved[-1]["image"].size == (64, 64)
+
+
+def total_bar_after(generate) -> tuple[int, int]:
+    """(steps counted, total) of the console's "Total progress" bar once the generation is over."""
+    shared.state.begin(job="txt2img")
+    generate()
+    shared.total_tqdm.clear()  # as txt2img / img2img / the API do after each generation
+    return shared.total_tqdm.cleared[-1]
+
+
+def test_console_total_progress_counts_supir_steps(webui):
+    # 3 webui steps per generation, 2 SUPIR steps per image: the bar ends full, at exactly these totals
+    assert total_bar_after(lambda: txt2img(webui, batch_size=2)) == (3 + 2 * 2,) * 2
+    assert total_bar_after(lambda: txt2img(webui, batch_size=1, n_iter=2)) == (2 * 3 + 2 * 2,) * 2
+
+
+def test_console_total_progress_with_hires_fix(webui):
+    # Hires. fix sizes the bar before SUPIR's jobs are counted: SUPIR adds its own steps to it
+    runner_ = scripts.scripts_txt2img
+    p = processing.StableDiffusionProcessingTxt2Img(
+        prompt="a cat",
+        width=32,
+        height=32,
+        steps=3,
+        enable_hr=True,
+        hr_second_pass_steps=4,
+        batch_size=2,
+        scripts=runner_,
+        script_args=webui.script_args(runner_),
+    )
+    assert total_bar_after(lambda: processing.process_images(p)) == (3 + 4 + 2 * 2,) * 2
+
+
+def test_console_total_progress_is_left_alone_outside_generations(webui):
+    settings = runner.base_settings().replace(steps=2, s_churn=0.0, seed=1)
+    runner.upscale(Image.new("RGB", (32, 32), (90, 60, 30)), settings, "Q")  # API route, Extras
+    assert shared.total_tqdm._tqdm is None

@@ -87,10 +87,12 @@ class StableDiffusionProcessing:
     def init(self, all_prompts, all_seeds, all_subseeds):
         pass
 
-    def _steps(self):
-        for step in range(self.steps):
-            shared.state.sampling_steps = self.steps
+    def _steps(self, steps=None):
+        steps = steps or self.steps
+        shared.state.sampling_steps = steps
+        for step in range(steps):
             shared.state.sampling_step = step
+            shared.total_tqdm.update()  # as the webui's sampler callback does after each step
             self.unet_steps += 1
 
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
@@ -98,8 +100,27 @@ class StableDiffusionProcessing:
 
 
 class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
+    def __init__(self, enable_hr=False, hr_second_pass_steps=0, **kwargs):
+        super().__init__(**kwargs)
+        self.enable_hr, self.hr_second_pass_steps = enable_hr, hr_second_pass_steps
+
+    def init(self, all_prompts, all_seeds, all_subseeds):
+        state = shared.state
+        if self.enable_hr and not state.processing_has_refined_job_count:
+            # Hires. fix: two jobs per generation, and the total bar sized here, before any script's batch
+            if state.job_count == -1:
+                state.job_count = self.n_iter
+            shared.total_tqdm.updateTotal(
+                (self.steps + (self.hr_second_pass_steps or self.steps)) * state.job_count
+            )
+            state.job_count = state.job_count * 2
+            state.processing_has_refined_job_count = True
+
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         self._steps()
+        if self.enable_hr:  # the second pass, at the same size here
+            shared.state.nextjob()
+            self._steps(self.hr_second_pass_steps)
         latents = []
         for seed in seeds:
             generator = torch.Generator().manual_seed(int(seed))

@@ -2,7 +2,7 @@
 
 import torch
 
-from modules import options, shared_cmd_options, shared_state
+from modules import options, shared_cmd_options, shared_state, shared_total_tqdm
 from modules.paths_internal import data_path, models_path, script_path  # noqa: F401
 
 cmd_opts = shared_cmd_options.cmd_opts
@@ -26,9 +26,11 @@ opts = options.Options(
         "outdir_samples": OptionInfo("", ""),
         "outdir_extras_samples": OptionInfo("outputs/extras-images", ""),
         "return_grid": OptionInfo(True, ""),
+        "multiple_tqdm": OptionInfo(True, "Add a second progress bar to the console"),
     }
 )
 state = shared_state.State()
+total_tqdm = shared_total_tqdm.TotalTQDM()
 device = torch.device("cuda")  # the webui copies devices.device here at start-up; nothing runs on it in tests
 sd_upscalers: list = []
 sd_model = None  # the webui makes this a property over sd_models.model_data; use model_data in the fake

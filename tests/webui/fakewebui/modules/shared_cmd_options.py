@@ -13,4 +13,5 @@ cmd_opts = argparse.Namespace(
     medvram_sdxl=False,
     supir_models_path=None,
     nowebui=False,
+    disable_console_progressbars=False,
 )
