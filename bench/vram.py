@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRACKER = Path(__file__).resolve().with_name("fakecuda.py")
 GiB = 1 << 30
 
-# The targets at 2048 px output (peak allocated bytes), and the reference figures of the original
+# The memory targets at 2048 px output (peak allocated bytes), and the reference figures of the original
 # SUPIR measured with the same tracker (fp16 UNet+control, bf16 VAE, tiled sampler 128/64, tiled VAE).
 TARGETS_GIB = {
     ("stages", "fp16"): 8.2,
