@@ -90,7 +90,7 @@ def save_image(image: Image.Image, result, path: Path, model_name: str | None = 
         extra["pnginfo"] = info
     else:
         exif = Image.Exif()
-        exif.get_ifd(EXIF_IFD)[USER_COMMENT] = user_comment(line)
+        exif[EXIF_IFD] = {USER_COMMENT: user_comment(line)}  # a dict: Pillow 9.5 writes it too
         extra["exif"] = exif.tobytes()
         extra["quality"] = JPEG_QUALITY
         if fmt == "JPEG" and image.mode != "RGB":
