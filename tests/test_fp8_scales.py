@@ -122,7 +122,8 @@ def test_scaled_fp8_layer_error_does_not_grow_for_small_weights():
 
 def test_fp8_scale_is_a_power_of_two_mapping_the_absmax_into_the_top_binade():
     layer = torch.nn.Linear(64, 64)
-    layer.weight = torch.nn.Parameter(torch.randn(64, 64) * 0.007, requires_grad=False)
+    weights = torch.randn(64, 64, generator=torch.Generator().manual_seed(3)) * 0.007
+    layer.weight = torch.nn.Parameter(weights, requires_grad=False)
     original = layer.weight.clone()
     convert_storage(layer, "fp8")
     scale = layer.weight_fp8_scale
@@ -132,7 +133,9 @@ def test_fp8_scale_is_a_power_of_two_mapping_the_absmax_into_the_top_binade():
     # converting back leaves the dequantised values and drops the scale
     convert_storage(layer, "fp16")
     assert not hasattr(layer, "weight_fp8_scale")
-    assert torch.allclose(layer.weight.float(), original, rtol=2**-4, atol=0)
+    # e4m3 rounds to within half a step of its 3-bit mantissa (2^-4 relative), then fp16 rounds once more;
+    # values that scale into e4m3's subnormal range keep an absolute error instead
+    assert torch.allclose(layer.weight.float(), original, rtol=2**-4 + 2**-10, atol=2**-9 / float(scale))
 
 
 def test_parts_kept_in_16bit_under_fp8(state):
