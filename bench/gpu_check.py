@@ -48,7 +48,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from supir_engine.memory import MemoryConfig, apply_storage, tensor_storage_dtype  # noqa: E402
+from supir_engine.memory import MemoryConfig, apply_storage, pinned_bytes, tensor_storage_dtype  # noqa: E402
 from supir_engine.models import SUPIR_V0, SUPIRConfig, SUPIRModel, build_supir  # noqa: E402
 from supir_engine.pipeline import SUPIRPipeline  # noqa: E402
 from supir_engine.settings import UpscaleSettings  # noqa: E402
@@ -263,33 +263,13 @@ class Clock:
 
 
 class CopyCounter:
-    """Bytes of weights copied to the device per stage, and (for CPU copies) the peak of live copies."""
+    """For CPU stand-in runs: the peak bytes of live weight copies (what a device would hold)."""
 
     def __init__(self) -> None:
-        self.stage = "-"
-        self.bytes: dict[str, int] = {}
         self.live = self.peak = 0
-
-    def observer(self, event: str, stage: str) -> None:
-        if event == "begin":
-            self.stage = stage
-
-    def count(self, t: torch.Tensor) -> None:
-        n = t.nelement() * t.element_size()
-        self.bytes[self.stage] = self.bytes.get(self.stage, 0) + n
-
-    def wrap(
-        self, transfer: Callable[[torch.Tensor], torch.Tensor]
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
-        def counted(t: torch.Tensor) -> torch.Tensor:
-            self.count(t)
-            return transfer(t)
-
-        return counted
 
     def cpu_copy(self, t: torch.Tensor) -> torch.Tensor:
         """A copier for the CPU: a real copy whose bytes are live until the pipeline drops it."""
-        self.count(t)
         copy = t.clone()
         n = copy.nelement() * copy.element_size()
         self.live += n
@@ -299,22 +279,6 @@ class CopyCounter:
 
     def _freed(self, n: int) -> None:
         self.live -= n
-
-
-@contextlib.contextmanager
-def counting_default_transfer(counter: CopyCounter) -> Iterator[None]:
-    """Count the residency's own device copies (used when the result has no ``bytes_to_device``)."""
-    from supir_engine.memory import residency
-
-    original = getattr(residency, "_default_transfer", None)
-    if original is None:
-        yield
-        return
-    residency._default_transfer = lambda device: counter.wrap(original(device))
-    try:
-        yield
-    finally:
-        residency._default_transfer = original
 
 
 @contextlib.contextmanager
@@ -346,21 +310,6 @@ def nonfinite_watch(model: SUPIRModel) -> Iterator[dict[str, torch.Tensor]]:
     finally:
         handle.remove()
         pipeline_module.apply_color_fix = original
-
-
-def pinned_bytes(device: torch.device) -> tuple[int | None, str]:
-    try:
-        from supir_engine.memory.staging import pinned_bytes as staged
-    except ImportError:
-        staged = None
-    if staged is not None:
-        return int(staged()), "staging.pinned_bytes()"
-    if device.type == "cuda" and hasattr(torch.cuda, "host_memory_stats"):
-        stats = torch.cuda.host_memory_stats()
-        peak = stats.get("allocated_bytes.peak", stats.get("allocated_bytes.all.peak"))
-        if peak is not None:
-            return int(peak), "torch host allocator peak"
-    return None, "-"
 
 
 def saved_fake_rows(path: Path = SAVED_FAKE_ROWS) -> list[dict]:
@@ -405,13 +354,9 @@ def run_case(
         memory = memory.replace(chunk_bytes=TINY_CHUNK_BYTES)
     clock, counter = Clock(device), CopyCounter()
 
-    def observe(event: str, stage: str) -> None:
-        clock.observer(event, stage)
-        counter.observer(event, stage)
-
     cuda = device.type == "cuda"
     pipe = SUPIRPipeline(
-        model, device, memory=memory, observer=observe, transfer=None if cuda else counter.cpu_copy
+        model, device, memory=memory, observer=clock.observer, transfer=None if cuda else counter.cpu_copy
     )
     image = demo_image(case.input_px)
     settings = case_settings(case, args.steps, tiny)
@@ -419,8 +364,6 @@ def run_case(
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-        if hasattr(torch.cuda, "reset_peak_host_memory_stats"):
-            torch.cuda.reset_peak_host_memory_stats()
     row: dict = {
         "case": case.name,
         "input_px": case.input_px,
@@ -430,10 +373,7 @@ def run_case(
     }
     start = time.perf_counter()
     try:
-        with (
-            nonfinite_watch(model) as nonfinite,
-            counting_default_transfer(counter) if cuda else contextlib.nullcontext(),
-        ):
+        with nonfinite_watch(model) as nonfinite:
             result = pipe.upscale(image, settings, clock)
             clock.sync()
     except Exception as exc:  # one failing case (out of memory, say) must not hide the others
@@ -442,9 +382,6 @@ def run_case(
     total = time.perf_counter() - start
     plan = result.memory.as_dict() if result.memory is not None else {}
     steps = clock.step_seconds()
-    h2d = getattr(result, "bytes_to_device", None)
-    pinned, pinned_source = pinned_bytes(device)
-    precision = getattr(result, "precision", None)
     out = np.asarray(result.image)
     row.update(
         output_px=result.output_size[0],
@@ -460,12 +397,12 @@ def run_case(
         seconds_per_step=round(float(np.median(steps)), 4) if steps else None,
         stage_seconds={k: round(v, 4) for k, v in result.timings.items()},
         total_seconds=round(total, 3),
-        bytes_to_device=dict(h2d) if h2d is not None else dict(counter.bytes),
-        bytes_to_device_source="result.bytes_to_device" if h2d is not None else "weight copies counted",
+        bytes_to_device=dict(result.bytes_to_device),
+        bytes_to_device_source="result.bytes_to_device",
         nonfinite={k: int(v) for k, v in nonfinite.items()},
-        pinned_bytes=pinned,
-        pinned_source=pinned_source,
-        precision=_jsonable(precision),
+        pinned_bytes=pinned_bytes(),
+        pinned_source="staging.pinned_bytes()",
+        precision=_jsonable(result.precision),
         output_sha1=hashlib.sha1(out.tobytes()).hexdigest(),
         error=None,
     )
