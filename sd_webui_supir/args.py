@@ -157,6 +157,11 @@ def _coerce(name: str, value: Any) -> Any:
     return str(value)
 
 
+def asks_for_supir(values: Sequence[Any]) -> bool:
+    """Whether the positional ``enabled`` argument turns SUPIR on, read alone (the others may be invalid)."""
+    return bool(values) and _coerce(ARG_NAMES[0], values[0])
+
+
 def from_values(values: Sequence[Any], defaults: SupirArgs | None = None) -> SupirArgs:
     """Arguments from positional values in ``ARG_NAMES`` order; missing or ``None`` ones keep the defaults."""
     if len(values) > len(ARG_NAMES):

@@ -17,7 +17,15 @@ from modules import images, processing, shared
 from supir_engine.errors import CancelledError, SupirError
 
 from . import runner, total_progress
-from .args import ALL_INFOTEXT_KEYS, ArgumentError, SupirArgs, from_values, result_params, to_settings
+from .args import (
+    ALL_INFOTEXT_KEYS,
+    ArgumentError,
+    SupirArgs,
+    asks_for_supir,
+    from_values,
+    result_params,
+    to_settings,
+)
 from .compare import BEFORE
 from .options import default_args, default_prompts, opt
 from .prompts import caption_from_prompt, caption_prefix
@@ -77,7 +85,7 @@ def process(p, values: Sequence[Any], is_img2img: bool) -> None:
     try:
         args = from_values(values, default_args())
     except ArgumentError as exc:
-        if _asks_for_supir(values):  # SUPIR was wanted: the image stays as it is, and everyone is told why
+        if asks_for_supir(values):  # SUPIR was wanted: the image stays as it is, and everyone is told why
             message = f"{exc}. The image was left as generated."
             log.warning("SUPIR: %s", message)
             p.comment(f"SUPIR: {message}")
@@ -98,16 +106,6 @@ def process(p, values: Sequence[Any], is_img2img: bool) -> None:
             p.extra_generation_params[key] = job.infotext_value(key)
         p.extra_generation_params["Size"] = job.size_value(p)
     setattr(p, JOB_ATTRIBUTE, job)
-
-
-def _asks_for_supir(values: Sequence[Any]) -> bool:
-    """Whether the raw ``enabled`` argument turns SUPIR on (it may be all that could be read)."""
-    if not values:
-        return False
-    enabled = values[0]
-    if isinstance(enabled, str):
-        return enabled.strip().lower() in ("true", "1", "yes", "on")
-    return bool(enabled)
 
 
 def before_process_batch(p) -> None:
