@@ -284,9 +284,6 @@ class _Streamer:
         self._build(units)
         self._hooks = [leaf.register_forward_pre_hook(partial(self._enter, leaf)) for leaf in self.streamed]
 
-    def slots(self, leaf: nn.Module) -> list[_Slot]:
-        return self._slots[id(leaf)]
-
     @property
     def chunks(self) -> list[list[nn.Module]]:
         """The leaves of each chunk, in streaming order."""
