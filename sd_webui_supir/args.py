@@ -304,7 +304,10 @@ def result_params(
 ) -> dict[str, Any]:
     """:func:`infotext_params` of an UpscaleResult, with the precision it ran in and its memory-plan notes."""
     notes = plan_notes(result)
-    return infotext_params(args, result.settings, default_prompts, precision_label(result), notes)
+    params = infotext_params(args, result.settings, default_prompts, precision_label(result), notes)
+    if getattr(result, "base", ""):
+        params["SUPIR base"] = result.base
+    return params
 
 
 def paste_value(name: str, params: Mapping[str, str]) -> Any:

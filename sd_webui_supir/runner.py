@@ -268,10 +268,12 @@ def upscale(
             supir_file = find_supir(models_dir(), variant, HOW_TO_GET_SUPIR_WEBUI)
             device = devices.get_device_for("supir")
             precision = webui_precision(device)
-            model = CACHE.get(resolve_base(), supir_file, load_options(precision))
+            base = resolve_base()
+            model = CACHE.get(base, supir_file, load_options(precision))
             pipeline = _pipeline(model, device, precision)
             with _no_autocast(device):
                 result = pipeline.upscale(image, settings, host)
+            result.base = base.name if isinstance(base, (InMemorySDXL, Path)) else str(base)
     except Exception as exc:
         if host.restore_failure:
             exc.add_note(host.restore_failure)
