@@ -2,7 +2,6 @@
 upscaled-image cache keyed by upscaler name, and the "Postprocess upscaler" label written after the call."""
 
 import gradio as gr
-
 from modules import scripts_postprocessing, shared
 
 upscale_cache = {}
