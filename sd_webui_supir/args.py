@@ -307,6 +307,8 @@ def result_params(
     params = infotext_params(args, result.settings, default_prompts, precision_label(result), notes)
     if getattr(result, "base", ""):
         params["SUPIR base"] = result.base
+    if getattr(result, "base_loras", ""):
+        params["SUPIR base LoRA"] = result.base_loras
     return params
 
 

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,10 @@ from supir_engine.model_files import HOW_TO_GET_SUPIR, find_supir
 from supir_engine.pipeline import SUPIRPipeline, UpscaleResult
 from supir_engine.settings import UpscaleSettings
 
-from . import hosts
+from . import hosts, lora
 from .args import model_name
 from .host import RESTORE_FAILED, WebuiHost
-from .options import LOADED_CHECKPOINT, models_dir, opt
+from .options import LOADED_CHECKPOINT, LORA_WITHOUT, models_dir, opt
 from .precision import webui_precision
 from .total_progress import ImageShare
 
@@ -94,20 +95,36 @@ def describe_checkpoint(model) -> str:
     return hosts.current().describe(model)
 
 
-def resolve_base() -> SDXLSource:
+@dataclass(frozen=True)
+class Base:
+    """The SDXL base of a run, and how the infotext names it."""
+
+    source: SDXLSource
+    name: str
+    loras: tuple[str, ...] = ()  # LoRAs merged into the loaded checkpoint
+    loras_used: bool = True  # False: the run used the weights from before they were merged
+
+
+def resolve_base() -> Base:
     """The SDXL base: the file set in Settings, else the loaded SDXL checkpoint's tensors (shared).
 
-    On hosts that load lazily (Forge, Forge Neo) the selected checkpoint is loaded first.
+    On hosts that load lazily (Forge, Forge Neo) the selected checkpoint is loaded first. LoRAs the webui
+    merged into it are kept or left out as Settings > SUPIR says.
     """
     path = configured_base()
     if path is not None:
-        return path
+        return Base(path, path.name)
     adapter = hosts.current()
     model = adapter.model_for_run()
     problem = _model_problem(adapter, model)
     if problem is not None:
         raise SupirError(problem)
-    return InMemorySDXL(adapter.sdxl_tensors(model), adapter.token(model), adapter.describe(model))
+    loras = tuple(lora.merged_loras(model))
+    without = bool(loras) and opt("supir_lora") == LORA_WITHOUT
+    overrides = lora.unmerged_overrides(model, adapter.lora_family(model)) if without else None
+    name = adapter.describe(model)
+    token = (adapter.token(model), loras, without)
+    return Base(InMemorySDXL(adapter.sdxl_tensors(model, overrides), token, name), name, loras, not without)
 
 
 def preflight(variant: str) -> str | None:
@@ -269,11 +286,13 @@ def upscale(
             device = devices.get_device_for("supir")
             precision = webui_precision(device)
             base = resolve_base()
-            model = CACHE.get(base, supir_file, load_options(precision))
+            model = CACHE.get(base.source, supir_file, load_options(precision))
             pipeline = _pipeline(model, device, precision)
             with _no_autocast(device):
                 result = pipeline.upscale(image, settings, host)
-            result.base = base.name if isinstance(base, (InMemorySDXL, Path)) else str(base)
+            result.base = base.name
+            if base.loras:
+                result.base_loras = ", ".join(base.loras) + ("" if base.loras_used else " (left out)")
     except Exception as exc:
         if host.restore_failure:
             exc.add_note(host.restore_failure)

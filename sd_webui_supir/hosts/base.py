@@ -85,13 +85,26 @@ class WebuiAdapter:
         """Identifies the loaded weights: a new load or another checkpoint gives another token."""
         return (id(model), getattr(model, "sd_model_checkpoint", None), getattr(model, "sd_model_hash", None))
 
+    def lora_family(self, model) -> str:
+        """How ``lora.unmerged_overrides`` must read this model's LoRA backups."""
+        return "a1111"
+
     def base_problem(self, model) -> str | None:
         """Why this loaded SDXL cannot lend its tensors (quantized storage), or None."""
         return None
 
-    def sdxl_tensors(self, model) -> dict[str, torch.Tensor]:
-        """The SDXL tensors in checkpoint key layout, the host's own storage (nothing copied)."""
-        return webui_sdxl_tensors(model.state_dict())
+    def sdxl_tensors(
+        self, model, overrides: Mapping[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The SDXL tensors in checkpoint key layout, the host's own storage (nothing copied).
+
+        ``overrides``: tensors to use instead of some of the model's, named as :func:`lora.unmerged_overrides`
+        names them for this host (the weights before LoRAs were merged in).
+        """
+        state = model.state_dict()
+        if overrides:
+            state.update((k, v) for k, v in overrides.items() if k in state)
+        return webui_sdxl_tensors(state)
 
     # ------------------------------------------------------------------------------------ memory
 

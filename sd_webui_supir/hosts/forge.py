@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from collections.abc import Hashable
+import types
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from modules import devices, sd_models, shared
 from supir_engine.clip_layout import bigg_from_hf
 from supir_engine.models import tokenizer
 
-from .base import Offload, WebuiAdapter, webui_sdxl_tensors
+from .base import Offload, WebuiAdapter
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,31 @@ def storage_kind(tensor: torch.Tensor) -> str | None:
     return f"{type(tensor).__name__} ({str(tensor.dtype).replace('torch.', '')})"
 
 
-def clip_g_tensors(clip_g: torch.nn.Module) -> dict[str, torch.Tensor]:
+Overrides = Mapping[str, torch.Tensor]
+_NONE: Overrides = types.MappingProxyType({})
+
+
+def _state(module: torch.nn.Module, path: str, overrides: Overrides) -> dict[str, torch.Tensor]:
+    """``module``'s state dict, with the overrides named ``<path>.<key>`` (paths from ``forge_objects``)."""
+    state = module.state_dict()
+    if overrides:
+        for key in state:
+            replacement = overrides.get(f"{path}.{key}")
+            if replacement is not None:
+                state[key] = replacement
+    return state
+
+
+def clip_g_tensors(
+    clip_g: torch.nn.Module, overrides: Overrides = _NONE, path: str = "clip.cond_stage_model.clip_g"
+) -> dict[str, torch.Tensor]:
     """bigG in checkpoint layout from a host's ``IntegratedCLIP`` / ``SDClipModel`` around a CLIPTextModel."""
     transformer = clip_g.transformer
-    text = {
-        k[len("text_model.") :]: v for k, v in transformer.state_dict().items() if k.startswith("text_model.")
-    }
+    state = _state(transformer, path + ".transformer", overrides)
+    text = {k[len("text_model.") :]: v for k, v in state.items() if k.startswith("text_model.")}
     linear = getattr(transformer, "text_projection", None)
     if isinstance(linear, torch.nn.Linear):
-        projection, is_linear = linear.weight.detach(), True
+        projection, is_linear = state.get("text_projection.weight", linear.weight).detach(), True
     elif isinstance(getattr(clip_g, "text_projection", None), torch.Tensor):
         projection, is_linear = clip_g.text_projection.detach(), False  # applied as x @ P
     else:
@@ -71,17 +88,18 @@ def clip_g_tensors(clip_g: torch.nn.Module) -> dict[str, torch.Tensor]:
     )
 
 
-def forge_sdxl_tensors(forge_objects) -> dict[str, torch.Tensor]:
+def forge_sdxl_tensors(forge_objects, overrides: Overrides = _NONE) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
-    unet = forge_objects.unet.model.diffusion_model
-    tensors.update(("model.diffusion_model." + k, v) for k, v in unet.state_dict().items())
+    unet = _state(forge_objects.unet.model.diffusion_model, "unet.model.diffusion_model", overrides)
+    tensors.update(("model.diffusion_model." + k, v) for k, v in unet.items())
     vae = forge_objects.vae.first_stage_model
     tensors.update(("first_stage_model." + k, v) for k, v in vae.state_dict().items())
     clip = forge_objects.clip.cond_stage_model
-    for key, value in clip.clip_l.transformer.state_dict().items():
+    clip_l = _state(clip.clip_l.transformer, "clip.cond_stage_model.clip_l.transformer", overrides)
+    for key, value in clip_l.items():
         if key.startswith("text_model."):
             tensors["conditioner.embedders.0.transformer." + key] = value
-    tensors.update(clip_g_tensors(clip.clip_g))
+    tensors.update(clip_g_tensors(clip.clip_g, overrides))
     return tensors
 
 
@@ -144,6 +162,9 @@ class ForgeAdapter(WebuiAdapter):
         lora = getattr(model, "current_lora_hash", None)
         return (id(model), getattr(model, "sd_model_hash", None), id(unet), str(lora))
 
+    def lora_family(self, model) -> str:
+        return "neo" if self.name == "Forge Neo" else "forge"
+
     def base_problem(self, model) -> str | None:
         for part in (model.forge_objects.unet.model.diffusion_model,):
             for tensor in part.parameters():
@@ -152,8 +173,8 @@ class ForgeAdapter(WebuiAdapter):
                     return QUANTIZED.format(kind=kind)
         return None
 
-    def sdxl_tensors(self, model) -> dict[str, torch.Tensor]:
-        return forge_sdxl_tensors(model.forge_objects)
+    def sdxl_tensors(self, model, overrides: Overrides | None = None) -> dict[str, torch.Tensor]:
+        return forge_sdxl_tensors(model.forge_objects, overrides or _NONE)
 
     # ------------------------------------------------------------------------------------ memory
 
@@ -227,10 +248,13 @@ class ReForgeAdapter(ForgeAdapter):
             return WebuiAdapter.token(self, model)
         return super().token(model)
 
+    def lora_family(self, model) -> str:
+        return "reforge" if getattr(model, "forge_objects", None) is not None else "a1111"
+
     def base_problem(self, model) -> str | None:
         return super().base_problem(model) if getattr(model, "forge_objects", None) is not None else None
 
-    def sdxl_tensors(self, model) -> dict[str, torch.Tensor]:
+    def sdxl_tensors(self, model, overrides: Overrides | None = None) -> dict[str, torch.Tensor]:
         if getattr(model, "forge_objects", None) is None:
-            return webui_sdxl_tensors(model.state_dict())
-        return forge_sdxl_tensors(model.forge_objects)
+            return WebuiAdapter.sdxl_tensors(self, model, overrides)
+        return forge_sdxl_tensors(model.forge_objects, overrides or _NONE)

@@ -170,6 +170,7 @@ def forge(webui, monkeypatch, request):
     memory = importlib.import_module("backend.memory_management")
     family = Family("forge", memory, webui_sdxl_tensors(webui.sdxl.state_dict_on_cpu()))
     neo = getattr(request, "param", "forge") == "neo"
+    family.variant = "neo" if neo else "forge"
     if neo:
         monkeypatch.setattr(importlib.import_module("backend.args"), "dynamic_args", types.SimpleNamespace())
         monkeypatch.delattr(sd_models, "send_model_to_cpu")  # Neo removed them
@@ -271,7 +272,7 @@ def test_extras_on_forge_loads_the_selected_checkpoint_and_shares_its_tensors(we
     assert forge.reloads == 1
     # The same tensors through Forge's layouts (CLIP-G as a transformers CLIPTextModel): the same pixels.
     assert np.array_equal(np.asarray(result), reference)
-    model = runner.CACHE.get(runner.resolve_base(), runner.supir_files()["Q"])
+    model = runner.CACHE.get(runner.resolve_base().source, runner.supir_files()["Q"])
     unet = forge.model.forge_objects.unet.model.diffusion_model
     ours = {p.data_ptr() for p in model.parameters()}
     assert unet.get_parameter("input_blocks.0.0.weight").data_ptr() in ours
@@ -363,3 +364,65 @@ def test_hf_layout_round_trip_is_exact(webui):
     for key, tensor in sdxl.items():
         if key.startswith(BIGG_PREFIX) and not key.endswith("logit_scale"):
             assert torch.equal(back[key], tensor), key
+
+
+# ------------------------------------------------------------------------------------------ LoRA
+
+
+def _merged(monkeypatch, names, overrides):
+    from sd_webui_supir import lora
+
+    monkeypatch.setattr(lora, "merged_loras", lambda model=None: list(names))
+    seen = []
+
+    def unmerged(model, family):
+        seen.append(family)
+        return overrides
+
+    monkeypatch.setattr(lora, "unmerged_overrides", unmerged)
+    return seen
+
+
+@pytest.mark.parametrize("forge", ["forge", "neo"], indirect=True)
+def test_forge_loras_are_named_and_can_be_left_out(webui, forge, monkeypatch):
+    from sd_webui_supir.args import result_params
+    from sd_webui_supir.options import LORA_AS_LOADED, LORA_WITHOUT
+
+    forge.load()
+    unet = forge.model.forge_objects.unet.model.diffusion_model
+    live = unet.get_parameter("input_blocks.0.0.weight")
+    backup = live.detach().clone() + 1.0  # what the weight was before the LoRA was merged in
+    seen = _merged(monkeypatch, ["detail:0.8"], {"unet.model.diffusion_model.input_blocks.0.0.weight": backup})
+    args = from_mapping(ARGS, default_args())
+
+    monkeypatch.setitem(shared.opts.data, "supir_lora", LORA_AS_LOADED)
+    merged_image, result = extras.upscale_image(image(), args)
+    assert result_params(args, result)["SUPIR base LoRA"] == "detail:0.8" and seen == []
+    assert result_params(args, result)["SUPIR base"] == "forge-sdxl.safetensors"
+
+    monkeypatch.setitem(shared.opts.data, "supir_lora", LORA_WITHOUT)
+    clean_image, result = extras.upscale_image(image(), args)
+    assert result_params(args, result)["SUPIR base LoRA"] == "detail:0.8 (left out)"
+    assert seen == [forge.variant]
+    model = runner.CACHE.get(runner.resolve_base().source, runner.supir_files()["Q"])
+    pointers = {p.data_ptr() for p in model.parameters()}
+    assert backup.data_ptr() in pointers and live.data_ptr() not in pointers
+    assert not np.array_equal(np.asarray(merged_image), np.asarray(clean_image))
+
+
+def test_a1111_loras_left_out_use_the_webuis_backups(webui, monkeypatch):
+    from sd_webui_supir.args import result_params
+    from sd_webui_supir.options import LORA_WITHOUT
+
+    key = "model.diffusion_model.input_blocks.0.0.weight"
+    backup = webui.sdxl.state_dict_on_cpu()[key].clone()
+    seen = _merged(monkeypatch, ["style:0.5/1"], {key: backup})
+    monkeypatch.setitem(shared.opts.data, "supir_lora", LORA_WITHOUT)
+    runner.release()
+    args = from_mapping(ARGS, default_args())
+    _, result = extras.upscale_image(image(), args)
+    assert result_params(args, result)["SUPIR base LoRA"] == "style:0.5/1 (left out)" and seen == ["a1111"]
+    webui.sdxl.to("cpu")
+    model = runner.CACHE.get(runner.resolve_base().source, runner.supir_files()["Q"])
+    assert backup.data_ptr() in {p.data_ptr() for p in model.parameters()}
+    runner.release()
