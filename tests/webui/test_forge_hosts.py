@@ -392,7 +392,9 @@ def test_forge_loras_are_named_and_can_be_left_out(webui, forge, monkeypatch):
     unet = forge.model.forge_objects.unet.model.diffusion_model
     live = unet.get_parameter("input_blocks.0.0.weight")
     backup = live.detach().clone() + 1.0  # what the weight was before the LoRA was merged in
-    seen = _merged(monkeypatch, ["detail:0.8"], {"unet.model.diffusion_model.input_blocks.0.0.weight": backup})
+    seen = _merged(
+        monkeypatch, ["detail:0.8"], {"unet.model.diffusion_model.input_blocks.0.0.weight": backup}
+    )
     args = from_mapping(ARGS, default_args())
 
     monkeypatch.setitem(shared.opts.data, "supir_lora", LORA_AS_LOADED)
@@ -426,3 +428,59 @@ def test_a1111_loras_left_out_use_the_webuis_backups(webui, monkeypatch):
     model = runner.CACHE.get(runner.resolve_base().source, runner.supir_files()["Q"])
     assert backup.data_ptr() in {p.data_ptr() for p in model.parameters()}
     runner.release()
+
+
+# ------------------------------------------------------------------------------------------ every entry point
+
+
+@pytest.mark.parametrize("forge", ["forge", "neo"], indirect=True)
+def test_forge_txt2img_batch_is_upscaled_with_the_host_model_given_back(webui, forge):
+    from .test_generation import params_of, txt2img
+
+    forge.load()
+    forge.generate()
+    _, processed = txt2img(webui, batch_size=2)
+    assert [im.size for im in processed.images] == [(64, 64), (64, 64)]
+    params = params_of(processed.infotexts[0])
+    assert params["SUPIR model"] == "SUPIR-v0Q" and params["SUPIR base"] == "forge-sdxl.safetensors"
+    assert forge.calls().count("unload_all_models") == 2 and forge.calls().count("load_models_gpu") == 2
+    assert forge.model.forge_objects.unet.model.where == "cuda"
+
+
+def test_forge_img2img_skip_and_upscaler_and_api_route(webui, forge):
+    import base64
+    import io
+
+    from modules import processing, scripts
+
+    from .test_api_routes import REQUEST, client
+
+    forge.load()
+    forge.generate()
+    source = image()
+    runner_ = scripts.scripts_img2img
+    p = processing.StableDiffusionProcessingImg2Img(
+        init_images=[source],
+        prompt="a cat",
+        width=32,
+        height=32,
+        steps=20,
+        scripts=runner_,
+        script_args=webui.script_args(runner_, skip_img2img=True),
+    )
+    processed = processing.process_images(p)
+    assert p.unet_steps == 0 and [im.size for im in processed.images] == [(64, 64)]
+
+    upscaler = {u.name: u for u in shared.sd_upscalers}["SUPIR-v0F"]
+    assert upscaler.scaler.upscale(source, 2, upscaler.data_path).size == (64, 64)
+    assert "SUPIR upscaler" not in (shared.state.textinfo or "") or "failed" not in shared.state.textinfo
+
+    response = client().post("/supir/v1/upscale", json=REQUEST)
+    assert response.status_code == 200, response.text
+    out = Image.open(io.BytesIO(base64.b64decode(response.json()["image"])))
+    assert out.size == (64, 64) and "SUPIR base: forge-sdxl.safetensors" in out.info["parameters"]
+    models = client().get("/supir/v1/models").json()
+    assert models["host"] == "Forge" and models["sdxl_problem"] is None
+    assert (
+        forge.calls().count("unload_all_models") == 3 and forge.model.forge_objects.unet.model.where == "cuda"
+    )
