@@ -10,6 +10,9 @@ from sd_webui_supir import extras, ui
 class SupirPostprocessing(scripts_postprocessing.ScriptPostprocessing):
     name = "SUPIR"
     order = 1100  # after the webui's own Upscale (1000) unless the user orders them otherwise
+    # txt2img/img2img have SUPIR's own accordion: webuis that read this flag (A1111 dev) then do not offer
+    # SUPIR under "Enable postprocessing operations in txt2img and img2img tabs", a second SUPIR pass there.
+    extra_only = True
 
     def ui(self) -> dict[str, Any]:
         return ui.extras_ui()

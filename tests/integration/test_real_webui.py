@@ -1,4 +1,4 @@
-"""The extension inside a real stable-diffusion-webui (1.10), driven through its HTTP API.
+"""The extension inside a real stable-diffusion-webui (1.10, or the dev branch), driven through its HTTP API.
 
 Opt-in: set ``SD_WEBUI_DIR`` to a webui checkout whose dependencies are installed (its ``repositories/``
 present), and ``SD_WEBUI_PYTHON`` to that environment's python if it is not ``SD_WEBUI_DIR/venv``. A
@@ -38,8 +38,8 @@ WEBUI = Path(os.environ["SD_WEBUI_DIR"]).expanduser() if os.environ.get("SD_WEBU
 
 pytestmark = pytest.mark.skipif(
     WEBUI is None,
-    reason="integration test against a real webui: set SD_WEBUI_DIR to a stable-diffusion-webui 1.10 "
-    "checkout with its dependencies installed (see the README, 'Development')",
+    reason="integration test against a real webui: set SD_WEBUI_DIR to a stable-diffusion-webui checkout "
+    "(1.10 or the dev branch) with its dependencies installed (see the README, 'Development')",
 )
 
 START_TIMEOUT = float(os.environ.get("SD_WEBUI_START_TIMEOUT", "600"))
@@ -254,6 +254,22 @@ def test_ui_is_built_with_the_webuis_gradio(webui):
     assert (
         "GPU memory policy (auto: fastest that fits the free VRAM; blocks: least VRAM)" in labels
     )  # Settings
+
+
+def setting_choices(webui: Webui, key: str) -> list[str]:
+    """The choices of a Settings dropdown as the page receives them (gradio 3: names; 4: (name, value))."""
+    config = webui.call("/config")
+    component = next(c for c in config["components"] if c["props"].get("elem_id") == f"setting_{key}")
+    return [c[0] if isinstance(c, list) else c for c in component["props"]["choices"]]
+
+
+def test_supir_is_an_extras_only_postprocessing_operation(webui):
+    main_ui = setting_choices(webui, "postprocessing_enable_in_main_ui")
+    extras = setting_choices(webui, "postprocessing_operation_order")
+    assert "SUPIR" in extras
+    if "Simple Upscale" not in main_ui or "Simple Upscale" in extras:
+        pytest.skip("this webui offers every Extras script in txt2img/img2img (no extra_only flag)")
+    assert "SUPIR" not in main_ui  # txt2img/img2img have SUPIR's own accordion
 
 
 def test_sd15_without_base_keeps_the_image(webui):
