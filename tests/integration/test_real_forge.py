@@ -8,6 +8,7 @@ Stable Diffusion checkpoint is taken from ``FORGE_CKPT`` or the first SD 1.5 fil
 (linked) and tiny random SUPIR weights; ``--gradio-allowed-path`` names the checkout, whose own files the
 page needs when the data folder is outside it. The environment is passed on as it is (offline machines set
 ``HF_HUB_OFFLINE=1`` themselves; Forge's tokenizers ship inside its ``backend/huggingface``).
+``FORGE_EXTRA_ARGS`` adds flags (a Neo tree needs ``--attention-pytorch`` on the CPU).
 
 Forge loads its checkpoint at the first generation, not at start-up: the first test runs before that.
 All tests share one server; each sets what it depends on.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -94,7 +96,9 @@ def start_forge(
     data = tmp_path_factory.mktemp("forge_data")
     (data / "extensions").mkdir()
     (data / "extensions" / "sd-webui-supir").symlink_to(ROOT, target_is_directory=True)
-    for folder, files in (("SUPIR", supir_files), ("Stable-diffusion", checkpoints or {})):
+    # the checkpoint is also linked in: a Neo tree loads the first file of this folder whatever --ckpt says
+    checkpoints = {checkpoint.name: checkpoint, **(checkpoints or {})}
+    for folder, files in (("SUPIR", supir_files), ("Stable-diffusion", checkpoints)):
         (data / "models" / folder).mkdir(parents=True)
         for name, path in files.items():
             (data / "models" / folder / name).symlink_to(Path(path).resolve())
@@ -102,7 +106,8 @@ def start_forge(
 
     port = free_port()
     log = data / "forge.log"
-    cmd = [os.environ["FORGE_PYTHON"], "launch.py", *FORGE_FLAGS, *(extra_flags or []), "--port", str(port)]
+    flags = [*FORGE_FLAGS, *shlex.split(os.environ.get("FORGE_EXTRA_ARGS", "")), *(extra_flags or [])]
+    cmd = [os.environ["FORGE_PYTHON"], "launch.py", *flags, "--port", str(port)]
     cmd += ["--ckpt", str(checkpoint), "--data-dir", str(data), "--gradio-allowed-path", str(FORGE)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     started = time.monotonic()

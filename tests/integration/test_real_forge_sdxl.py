@@ -45,19 +45,17 @@ def test_supir_runs_on_forges_loaded_sdxl_without_a_copy(forge_xl):
     plain = {"seed": 21, "steps": 1}
     reference = decode(txt2img(forge_xl, None, **plain)["images"][0])  # loads Forge's SDXL
     loaded = rss_bytes(forge_xl.process.pid)
+    print(f"Forge RSS: idle {idle / GIB:.2f} GiB, SDXL loaded (fp8 UNet) {loaded / GIB:.2f} GiB")
     models = forge_xl.call("/supir/v1/models")
     assert models["sdxl_problem"] in (None, ""), models  # "Loaded checkpoint" (the default) is usable
 
     result = txt2img(forge_xl, supir_args(forge_xl, steps=1, prompt_source="None"), **plain)
     infotext = json.loads(result["info"])["infotexts"][0]
+    after = rss_bytes(forge_xl.process.pid)
+    print(f"Forge RSS after SUPIR: {after / GIB:.2f} GiB (+{(after - loaded) / GIB:.2f} GiB)")
     assert decode(result["images"][0]).size == (128, 128) and "SUPIR model: SUPIR-v0Q" in infotext, infotext
     cache = forge_xl.call("/supir/v1/status")["cache"]
     assert cache["base"]["shared_with_host"] is True and cache["base"]["bytes_owned"] == 0, cache
-    after = rss_bytes(forge_xl.process.pid)
-    print(
-        f"Forge RSS: idle {idle / GIB:.2f} GiB, SDXL loaded {loaded / GIB:.2f} GiB, "
-        f"after SUPIR {after / GIB:.2f} GiB (+{(after - loaded) / GIB:.2f} GiB)"
-    )
     supir_fp8 = 1.4e9  # SUPIR's own 1.33 B parameters in one byte each (vectors in two)
     # a second SDXL (UNet fp8 2.6 GB + text encoders and VAE) would add at least 4 GiB
     assert after - loaded < supir_fp8 + 1.5 * GIB, f"RSS grew by {(after - loaded) / GIB:.2f} GiB"
