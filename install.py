@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+from pathlib import Path
 
 # (distribution name, minimum version or None). Same bounds as `dependencies` in pyproject.toml, minus torch.
 REQUIREMENTS: tuple[tuple[str, str | None], ...] = (
@@ -43,10 +44,18 @@ def requirement(name: str, minimum: str | None) -> str:
     return f"{name}>={minimum}" if minimum else name
 
 
-def needed(is_installed=None) -> list[str]:
+# The Forge family ships the SDXL tokenizers; their merges are the only thing SUPIR takes from open_clip,
+# so it is not installed there (Forge Neo's environment has none, and needs none).
+HOST_CLIP_MERGES = "backend/huggingface/stabilityai/stable-diffusion-xl-base-1.0/tokenizer/merges.txt"
+
+
+def needed(is_installed=None, webui_root: Path | None = None) -> list[str]:
     """Requirement strings for the packages that are missing or older than their minimum."""
     result = []
+    host_has_merges = webui_root is not None and (webui_root / HOST_CLIP_MERGES).is_file()
     for name, minimum in REQUIREMENTS:
+        if name == "open_clip_torch" and host_has_merges:
+            continue
         present = is_installed(name) if is_installed else installed_version(name) is not None
         version = installed_version(name) if present else None
         if not present or (minimum and version and release(version) < release(minimum)):
@@ -65,7 +74,7 @@ def install() -> None:
     except ImportError:
         print("install.py is run by stable-diffusion-webui; elsewhere use: pip install -e .")
         return
-    missing = needed(launch.is_installed)
+    missing = needed(launch.is_installed, Path(launch.__file__).resolve().parent)
     if missing:
         args = " ".join(f'"{req}"' for req in missing + held())
         launch.run_pip(f"install {args}", f"sd-webui-supir requirements: {', '.join(missing)}")

@@ -58,8 +58,11 @@
         }
     }
 
+    // The large image of the gallery's preview: gradio 3.41 puts it straight in div.preview, gradio 4
+    // (Forge) wraps it in button.image-button inside button.preview.
     function previewImage(tab) {
-        return app().querySelector(`#${tab}_gallery .preview > img`);
+        const preview = `#${tab}_gallery .preview`;
+        return app().querySelector(`${preview} > img, ${preview} > .image-button > img`);
     }
 
     function selectedIndex(tab) {

@@ -14,5 +14,8 @@ class SupirPostprocessing(scripts_postprocessing.ScriptPostprocessing):
     def ui(self) -> dict[str, Any]:
         return ui.extras_ui()
 
+    def process_firstpass(self, pp, **args: Any) -> None:
+        extras.start_image(pp)
+
     def process(self, pp, **args: Any) -> None:
         extras.process(pp, args)

@@ -242,6 +242,8 @@ INFOTEXT_KEYS: tuple[tuple[str, str], ...] = (
     ("color_fix", _ENGINE_KEYS["color_fix"]),
     ("denoise_stage", _ENGINE_KEYS["denoise_stage"]),
 )
+BASE_KEY = "SUPIR base"  # the SDXL base a run used (written by result_params; not pasted back)
+BASE_LORA_KEY = "SUPIR base LoRA"  # LoRAs merged into that base, and whether they were left out
 # Every key infotext_params may write, in the order the infotext shows them.
 ALL_INFOTEXT_KEYS: tuple[str, ...] = (
     MODEL_KEY,
@@ -251,6 +253,8 @@ ALL_INFOTEXT_KEYS: tuple[str, ...] = (
     SEED_FROM_IMAGE_KEY,
     PRECISION_KEY,
     PLAN_KEY,
+    BASE_KEY,
+    BASE_LORA_KEY,
 )
 # Fields read back from other keys (no key of their own): True when the ramp's start value is written.
 DERIVED_FIELDS: dict[str, Callable[[Mapping[str, str]], Any]] = {
@@ -304,7 +308,12 @@ def result_params(
 ) -> dict[str, Any]:
     """:func:`infotext_params` of an UpscaleResult, with the precision it ran in and its memory-plan notes."""
     notes = plan_notes(result)
-    return infotext_params(args, result.settings, default_prompts, precision_label(result), notes)
+    params = infotext_params(args, result.settings, default_prompts, precision_label(result), notes)
+    if getattr(result, "base", ""):
+        params[BASE_KEY] = result.base
+    if getattr(result, "base_loras", ""):
+        params[BASE_LORA_KEY] = result.base_loras
+    return params
 
 
 def paste_value(name: str, params: Mapping[str, str]) -> Any:

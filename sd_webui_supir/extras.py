@@ -6,13 +6,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from modules import scripts
 from PIL import Image
 
 from supir_engine.alpha import keep_alpha
 from supir_engine.errors import SupirError
 from supir_engine.pipeline import UpscaleResult
 
-from . import runner
+from . import fallbacks, runner
 from .args import SupirArgs, from_mapping, result_params, to_settings
 from .options import default_args, default_prompts
 from .prompts import caption_prefix, prompt_from_parameters, seed_from_parameters
@@ -61,3 +62,30 @@ def process(pp, values: Mapping[str, Any]) -> None:
         return
     pp.image = image
     pp.info.update(result_params(args, result, default_prompts()))
+
+
+# The labels the webui's Upscale / Simple Upscale scripts write once their upscaler has returned.
+UPSCALER_LABELS = ("Postprocess upscaler", "Postprocess upscaler 2")
+
+
+class HonestLabels(dict):
+    """``pp.info`` that makes the Upscale scripts' label say so when the SUPIR Upscaler fell back.
+
+    Installed before any Extras script processes (whatever the user's operation order), it sees the
+    label at the moment it is written, right after that upscaler's call.
+    """
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        failed = fallbacks.failure_of(value) if key in UPSCALER_LABELS and isinstance(value, str) else None
+        if failed is not None:
+            value = failed.describe()
+            # the webui caches upscaled images by upscaler name: the fallback must not be reused as SUPIR's
+            scripts.scripts_postproc.image_changed()
+        super().__setitem__(key, value)
+
+
+def start_image(pp) -> None:
+    """``process_firstpass``: a new image; forget earlier Upscaler calls and watch the labels."""
+    fallbacks.clear()
+    if not isinstance(pp.info, HonestLabels):
+        pp.info = HonestLabels(pp.info)

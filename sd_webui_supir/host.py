@@ -1,8 +1,9 @@
 """The webui implementation of supir_engine's Host protocol.
 
-Memory goes through the webui's own functions: ``sd_models.send_model_to_cpu`` (which also handles
---medvram / --lowvram) before SUPIR, ``sd_models.send_model_to_device`` after it, ``devices.torch_gc``
-in between. Progress goes to ``shared.state``, which the webui's progress bar and
+Memory goes through the host's own functions, which its adapter (``hosts``) knows: on AUTOMATIC1111
+``sd_models.send_model_to_cpu`` (which also handles --medvram / --lowvram) before SUPIR and
+``send_model_to_device`` after it; on the Forge families the model manager's ``unload_all_models`` and
+``load_models_gpu``. Progress goes to ``shared.state``, which the webui's progress bar and
 ``/sdapi/v1/progress`` read; Interrupt and Skip set flags there that :meth:`WebuiHost.should_stop` reads.
 """
 
@@ -13,10 +14,12 @@ import gc
 import logging
 from collections.abc import Callable, Iterator
 
-from modules import devices, sd_models, shared
+from modules import shared
 
 from supir_engine.oom import drop_frames
 
+from . import hosts
+from .hosts.base import Offload
 from .total_progress import ImageShare
 
 log = logging.getLogger(__name__)
@@ -38,19 +41,7 @@ RESTORE_FAILED = (
 
 def loaded_sd_model():
     """The webui's loaded checkpoint, or None; never triggers a load (``shared.sd_model`` would)."""
-    return sd_models.model_data.sd_model
-
-
-def _on_accelerator(model) -> bool:
-    if getattr(model, "lowvram", False):
-        return True  # --medvram / --lowvram: send_model_to_device re-applies the webui's own scheme
-    device = getattr(model, "device", None)
-    if device is None:
-        try:
-            device = next(model.parameters()).device
-        except (AttributeError, StopIteration):
-            return False
-    return str(device).split(":")[0] not in ("cpu", "meta")
+    return hosts.current().loaded_model()
 
 
 class WebuiHost:
@@ -66,24 +57,19 @@ class WebuiHost:
         self.total_bar = total_bar
         self.before_restore: list[Callable[[], object]] = []
         self._depth = 0
-        self._model = None
-        self._restore = False
+        self._offload: Offload | None = None
         self.restore_failure: str | None = None  # set when the checkpoint could not go back to the GPU
 
     @property
     def will_restore(self) -> bool:
         """True when the SD checkpoint was on an accelerator and goes back there at the end of the lease."""
-        return self._restore
+        return self._offload is not None and self._offload.restore
 
     def acquire_device(self) -> None:
         self._depth += 1
         if self._depth > 1:
             return
-        self._model = loaded_sd_model()
-        self._restore = self._model is not None and _on_accelerator(self._model)
-        if self._model is not None:
-            sd_models.send_model_to_cpu(self._model)
-        devices.torch_gc()
+        self._offload = hosts.current().offload()
 
     def release_device(self) -> None:
         if self._depth == 0:
@@ -98,25 +84,24 @@ class WebuiHost:
                 except Exception:
                     log.exception("SUPIR: cleanup before restoring the SD checkpoint failed")
         finally:
-            model, restore = self._model, self._restore
-            self._model, self._restore = None, False
-            if restore:
+            adapter, offload = hosts.current(), self._offload
+            self._offload = None
+            if offload is not None and (offload.restore or offload.modules):
                 try:
-                    sd_models.send_model_to_device(model)
+                    adapter.restore(offload)
                 except Exception as exc:  # e.g. out of memory with the checkpoint half on the GPU
-                    self._leave_in_ram(model, exc)
-            devices.torch_gc()
+                    self._leave_in_ram(adapter, offload, exc)
+            adapter.empty_cache()
 
-    def _leave_in_ram(self, model, exc: Exception) -> None:
+    def _leave_in_ram(self, adapter: hosts.WebuiAdapter, offload: Offload, exc: Exception) -> None:
         """A checkpoint half on the GPU breaks the next generation: put all of it in RAM, and say so."""
         error = f"{type(exc).__name__}: {exc}"
         log.debug("SUPIR: restoring the SD checkpoint failed", exc_info=exc)
         drop_frames(exc)
         with contextlib.suppress(Exception):
-            sd_models.send_model_to_cpu(model)  # also undoes --medvram/--lowvram placement
-        model.to(devices.cpu)
+            adapter.leave_in_ram(offload)
         gc.collect()
-        devices.torch_gc()
+        adapter.empty_cache()
         self.restore_failure = RESTORE_FAILED.format(error=error)
         log.warning("SUPIR: %s", self.restore_failure)
 

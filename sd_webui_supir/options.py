@@ -23,10 +23,14 @@ PRESETS = tuple(PRESET_LABELS.values())
 MEMORY_POLICIES = ("auto", "full", "stages", "blocks")
 STORAGE_DTYPES = ("auto", "fp16", "bf16", "fp8", "fp32")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+LORA_AS_LOADED = "With them (as the webui merged them)"
+LORA_WITHOUT = "Without them (the webui's original weights)"
+LORA_MODES = (LORA_AS_LOADED, LORA_WITHOUT)
 
 DEFAULTS: dict[str, Any] = {
     "supir_models_path": "",
     "supir_sdxl_base": LOADED_CHECKPOINT,
+    "supir_lora": LORA_AS_LOADED,
     "supir_default_preset": "Quality",
     "supir_positive_prompt": DEFAULT_POSITIVE_PROMPT,
     "supir_negative_prompt": DEFAULT_NEGATIVE_PROMPT,
@@ -48,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
 LABELS: dict[str, str] = {
     "supir_models_path": "Folder of the SUPIR model files (empty: --supir-models-path, else models/SUPIR)",
     "supir_sdxl_base": "SDXL base model SUPIR runs on",
+    "supir_lora": "LoRAs merged into the loaded checkpoint (when SUPIR runs on it)",
     "supir_default_preset": "Default parameter preset",
     "supir_positive_prompt": "Default positive prompt (added after the caption)",
     "supir_negative_prompt": "Default negative prompt",
@@ -121,6 +126,7 @@ def option_infos() -> dict[str, Any]:
     return {
         "supir_models_path": info("supir_models_path"),
         "supir_sdxl_base": info("supir_sdxl_base", gr.Dropdown, lambda: {"choices": base_choices()}),
+        "supir_lora": info("supir_lora", gr.Radio, {"choices": list(LORA_MODES)}),
         "supir_default_preset": info("supir_default_preset", gr.Radio, {"choices": list(PRESETS)}),
         "supir_positive_prompt": info("supir_positive_prompt", gr.Textbox, {"lines": 3}),
         "supir_negative_prompt": info("supir_negative_prompt", gr.Textbox, {"lines": 3}),

@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +26,16 @@ from supir_engine.model_files import HOW_TO_GET_SUPIR, find_supir
 from supir_engine.pipeline import SUPIRPipeline, UpscaleResult
 from supir_engine.settings import UpscaleSettings
 
+from . import hosts, lora
 from .args import model_name
-from .host import RESTORE_FAILED, WebuiHost, loaded_sd_model
-from .options import LOADED_CHECKPOINT, models_dir, opt
+from .host import RESTORE_FAILED, WebuiHost
+from .options import LOADED_CHECKPOINT, LORA_WITHOUT, models_dir, opt
 from .precision import webui_precision
 from .total_progress import ImageShare
 
 log = logging.getLogger(__name__)
 
 CACHE = ModelCache()
-SDXL_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "conditioner.embedders.")
 NOT_SDXL = (
     "the loaded checkpoint ({name}) is not an SDXL model, and SUPIR runs on SDXL. Load an SDXL checkpoint "
     "(sd_xl_base_1.0 or a fine-tune such as Juggernaut-XL; the SUPIR authors recommend these), or choose a "
@@ -90,36 +91,40 @@ def configured_base() -> Path | None:
     )
 
 
-def webui_sdxl_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The SDXL tensors of the webui's model in checkpoint key layout.
-
-    The webui wraps its text encoders (``sd_hijack``) in modules holding the original as ``wrapped``,
-    which inserts ``.wrapped`` into their state-dict keys; removing it gives the file's names back.
-    """
-    tensors = {}
-    for key, tensor in state.items():
-        if key.startswith(SDXL_PREFIXES):
-            tensors[key.replace(".wrapped.", ".")] = tensor
-    return tensors
-
-
 def describe_checkpoint(model) -> str:
-    info = getattr(model, "sd_checkpoint_info", None)
-    return getattr(info, "title", None) or getattr(info, "name", None) or "unknown"
+    return hosts.current().describe(model)
 
 
-def resolve_base() -> SDXLSource:
-    """The SDXL base: the file set in Settings, else the loaded SDXL checkpoint's tensors (shared)."""
+@dataclass(frozen=True)
+class Base:
+    """The SDXL base of a run, and how the infotext names it."""
+
+    source: SDXLSource
+    name: str
+    loras: tuple[str, ...] = ()  # LoRAs merged into the loaded checkpoint
+    loras_used: bool = True  # False: the run used the weights from before they were merged
+
+
+def resolve_base() -> Base:
+    """The SDXL base: the file set in Settings, else the loaded SDXL checkpoint's tensors (shared).
+
+    On hosts that load lazily (Forge, Forge Neo) the selected checkpoint is loaded first. LoRAs the webui
+    merged into it are kept or left out as Settings > SUPIR says.
+    """
     path = configured_base()
     if path is not None:
-        return path
-    model = loaded_sd_model()
-    if model is None:
-        raise SupirError(NO_CHECKPOINT)
-    if not getattr(model, "is_sdxl", False):
-        raise SupirError(NOT_SDXL.format(name=describe_checkpoint(model)))
-    token = (id(model), getattr(model, "sd_model_checkpoint", None), getattr(model, "sd_model_hash", None))
-    return InMemorySDXL(webui_sdxl_tensors(model.state_dict()), token, describe_checkpoint(model))
+        return Base(path, path.name)
+    adapter = hosts.current()
+    model = adapter.model_for_run()
+    problem = _model_problem(adapter, model)
+    if problem is not None:
+        raise SupirError(problem)
+    loras = tuple(lora.merged_loras(model))
+    without = bool(loras) and opt("supir_lora") == LORA_WITHOUT
+    overrides = lora.unmerged_overrides(model, adapter.lora_family(model)) if without else None
+    name = adapter.describe(model)
+    token = (adapter.token(model), loras, without)
+    return Base(InMemorySDXL(adapter.sdxl_tensors(model, overrides), token, name), name, loras, not without)
 
 
 def preflight(variant: str) -> str | None:
@@ -131,12 +136,38 @@ def preflight(variant: str) -> str | None:
         return str(exc)
 
 
-def loaded_base_problem() -> str | None:
-    """Why the loaded checkpoint cannot be SUPIR's base, or None."""
-    model = loaded_sd_model()
+def _model_problem(adapter: hosts.WebuiAdapter, model) -> str | None:
     if model is None:
         return NO_CHECKPOINT
-    return None if getattr(model, "is_sdxl", False) else NOT_SDXL.format(name=describe_checkpoint(model))
+    if not adapter.is_sdxl(model):
+        return NOT_SDXL.format(name=adapter.describe(model))
+    return adapter.base_problem(model)
+
+
+def loaded_base_problem() -> str | None:
+    """Why the loaded checkpoint cannot be SUPIR's base, or None (also None while a host that loads
+    lazily has not loaded the selected checkpoint yet: the run loads it, and says so if it is not SDXL)."""
+    adapter = hosts.current()
+    model = adapter.loaded_model()
+    if model is None and adapter.pending_checkpoint() is not None:
+        return None
+    return _model_problem(adapter, model)
+
+
+def base_in_use() -> str:
+    """Which SDXL base a run would use, in words, for the status line and ``/supir/v1/models``."""
+    try:
+        path = configured_base()
+    except SupirError:
+        return "the file chosen in Settings (not found)"
+    if path is not None:
+        return f"the file {path.name} (read by SUPIR)"
+    adapter = hosts.current()
+    model = adapter.loaded_model()
+    if model is None:
+        pending = adapter.pending_checkpoint()
+        return f"{adapter.name}'s checkpoint {pending} (loaded when SUPIR runs)" if pending else "none loaded"
+    return f"{adapter.name}'s loaded checkpoint {adapter.describe(model)} (shared, not copied)"
 
 
 def model_status() -> dict[str, Any]:
@@ -154,6 +185,8 @@ def model_status() -> dict[str, Any]:
         "how_to_get": HOW_TO_GET_SUPIR_WEBUI.format(folder=folder),
         "sdxl_base": str(opt("supir_sdxl_base")),
         "sdxl_problem": problem,
+        "sdxl_base_in_use": base_in_use(),
+        "host": hosts.current().name,
     }
 
 
@@ -252,10 +285,14 @@ def upscale(
             supir_file = find_supir(models_dir(), variant, HOW_TO_GET_SUPIR_WEBUI)
             device = devices.get_device_for("supir")
             precision = webui_precision(device)
-            model = CACHE.get(resolve_base(), supir_file, load_options(precision))
+            base = resolve_base()
+            model = CACHE.get(base.source, supir_file, load_options(precision))
             pipeline = _pipeline(model, device, precision)
             with _no_autocast(device):
                 result = pipeline.upscale(image, settings, host)
+            result.base = base.name
+            if base.loras:
+                result.base_loras = ", ".join(base.loras) + ("" if base.loras_used else " (left out)")
     except Exception as exc:
         if host.restore_failure:
             exc.add_note(host.restore_failure)

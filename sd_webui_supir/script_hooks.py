@@ -16,7 +16,7 @@ from modules import images, processing, shared
 
 from supir_engine.errors import CancelledError, SupirError
 
-from . import runner, total_progress
+from . import fallbacks, runner, total_progress
 from .args import (
     ALL_INFOTEXT_KEYS,
     ArgumentError,
@@ -82,6 +82,8 @@ def job_of(p) -> Job | None:
 
 def process(p, values: Sequence[Any], is_img2img: bool) -> None:
     """``process`` hook: read the arguments, check SUPIR can run, set up Skip Img2Img and the infotext."""
+    fallbacks.label_sd_upscale(p)  # its upscaler ran before this generation
+    fallbacks.clear()
     try:
         args = from_values(values, default_args())
     except ArgumentError as exc:
@@ -110,6 +112,7 @@ def process(p, values: Sequence[Any], is_img2img: bool) -> None:
 
 def before_process_batch(p) -> None:
     """First batch: ``p.init()`` has run (Skip Img2Img restores the size), the webui set ``job_count``."""
+    fallbacks.clear()  # the Upscaler calls of this batch's Hires. fix come next
     job = job_of(p)
     if job is None:
         return
@@ -123,6 +126,7 @@ def before_process_batch(p) -> None:
 
 def postprocess_image(p, pp) -> None:
     """Upscale one image; on any failure keep it and say why."""
+    fallbacks.label_hires(p)
     job = job_of(p)
     if job is None or job.problem:
         return

@@ -53,6 +53,8 @@ def status_html() -> str:
         )
     if status["sdxl_problem"]:
         lines.append(f"<li class='supir-missing'>{html.escape(status['sdxl_problem'])}</li>")
+    else:
+        lines.append(f"<li>SDXL base: {html.escape(status['sdxl_base_in_use'])}</li>")
     return f"<ul class='supir-status'>{''.join(lines)}</ul>"
 
 

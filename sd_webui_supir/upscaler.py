@@ -16,7 +16,7 @@ from PIL import Image
 
 from supir_engine.errors import SupirError
 
-from . import runner
+from . import fallbacks, runner
 from .args import model_name, to_settings
 from .options import default_args, models_dir, opt
 
@@ -45,15 +45,19 @@ class UpscalerSUPIR(Upscaler):
         if steps:
             args = args.replace(steps=steps)
         settings = to_settings(args.replace(scale=max(self.scale, 1.0)), runner.base_settings(), "", -1)
+        name = model_name(variant)
         try:
-            return runner.upscale(img.convert("RGB"), settings, variant, label="SUPIR upscaler").image
-        except Exception as exc:  # the webui then resizes the input with Lanczos: say why
-            message = runner.user_message(exc)
+            result = runner.upscale(img.convert("RGB"), settings, variant, label="SUPIR upscaler").image
+        except Exception as exc:  # the webui then resizes the input with Lanczos: say so, and why
+            reason = runner.user_message(exc).removeprefix("SUPIR: ")
             if not isinstance(exc, SupirError):
                 log.exception("SUPIR upscaler failed")
+            message = fallbacks.record(name, reason).describe("Upscaler")
             log.warning(message)
             shared.state.textinfo = message
             return img
+        fallbacks.record(name, None)
+        return result
 
 
 def _variant_of(path: str | None) -> str:

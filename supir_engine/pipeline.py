@@ -155,6 +155,8 @@ class UpscaleResult:
     precision: Precision | None = None  # compute dtypes of each part, and why
     bytes_to_device: dict[str, int] = field(default_factory=dict)  # weight bytes copied, per stage
     notes: list[str] = field(default_factory=list)  # what the run did differently (e.g. an fp32 VAE retry)
+    base: str = ""  # the SDXL base it ran on, as the front-end names it (set by front-ends)
+    base_loras: str = ""  # LoRAs merged into that base by a host, as the front-end describes them
 
 
 class _CountingDenoiser(Denoiser):

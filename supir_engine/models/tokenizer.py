@@ -17,6 +17,7 @@ import html
 import importlib.util
 import itertools
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,10 +38,25 @@ _HF_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
 _OPENCLIP_SPECIALS = ("<start_of_text>", "<end_of_text>")
 
 
+# Plain-text ``merges.txt`` files of a CLIP tokenizer (the same merges as open_clip's file) that a host
+# ships, e.g. the Forge family's bundled SDXL tokenizers; tried before open_clip, which such hosts lack.
+EXTRA_VOCAB_FILES: list[Path] = []
+VOCAB_ENV = "SUPIR_CLIP_MERGES"
+
+
 def find_bpe_vocab() -> Path:
-    """Locate open_clip's bundled BPE merges file without importing open_clip when possible."""
+    """The CLIP BPE merges: $SUPIR_CLIP_MERGES, a host's file, or open_clip's bundled one."""
+    candidates = [Path(os.environ[VOCAB_ENV])] if os.environ.get(VOCAB_ENV) else []
+    for candidate in candidates + EXTRA_VOCAB_FILES:
+        if candidate.is_file():
+            return candidate
     spec = importlib.util.find_spec("open_clip")
-    for location in (spec.submodule_search_locations or []) if spec else []:
+    if spec is None:
+        raise FileNotFoundError(
+            "the CLIP tokenizer's merges file was not found: install open_clip_torch (pip install "
+            f"open_clip_torch), or set {VOCAB_ENV} to a CLIP tokenizer's merges.txt"
+        )
+    for location in spec.submodule_search_locations or []:
         candidate = Path(location) / _VOCAB_FILE
         if candidate.is_file():
             return candidate
@@ -50,6 +66,14 @@ def find_bpe_vocab() -> Path:
     if not candidate.is_file():
         raise FileNotFoundError(f"open_clip's {_VOCAB_FILE} not found (looked at {candidate})")
     return candidate
+
+
+def read_merges(path: Path) -> list[tuple[str, ...]]:
+    """The merges of open_clip's gzip file or a transformers ``merges.txt`` (both: one header line)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    return [tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1]]
 
 
 def _byte_alphabet() -> dict[int, str]:
@@ -70,9 +94,7 @@ class ClipBPE:
 
     def __init__(self, vocab_path: Path | None = None):
         path = vocab_path or find_bpe_vocab()
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        merges = [tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1]]
+        merges = read_merges(path)
         self._byte_chars = _byte_alphabet()
         alphabet = list(self._byte_chars.values())
         tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]

@@ -73,6 +73,10 @@ class FakeSdModel:
         self.device = torch.device(device)
         return self
 
+    def state_dict_on_cpu(self) -> dict[str, torch.Tensor]:
+        """The tensors, wherever the model is (for tests that build other hosts' models from them)."""
+        return dict(self._tensors)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.device.type != "cpu":
             raise AssertionError("the SD checkpoint's tensors were read while it was still on the GPU")

@@ -146,7 +146,7 @@ def test_skip_img2img_changes_and_restores_one_processing_object(webui):
 
 
 def test_webui_state_dict_keys_are_unwrapped():
-    from sd_webui_supir.runner import webui_sdxl_tensors
+    from sd_webui_supir.hosts.base import webui_sdxl_tensors
 
     t = torch.zeros(1)
     state = {

@@ -133,6 +133,7 @@ def _status():
         "missing": [],
         "how_to_get": "",
         "sdxl_problem": None,
+        "sdxl_base_in_use": "the loaded checkpoint",
     }
 
 

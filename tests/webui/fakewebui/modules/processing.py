@@ -100,9 +100,10 @@ class StableDiffusionProcessing:
 
 
 class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
-    def __init__(self, enable_hr=False, hr_second_pass_steps=0, **kwargs):
+    def __init__(self, enable_hr=False, hr_second_pass_steps=0, hr_scale=2.0, hr_upscaler=None, **kwargs):
         super().__init__(**kwargs)
         self.enable_hr, self.hr_second_pass_steps = enable_hr, hr_second_pass_steps
+        self.hr_scale, self.hr_upscaler = hr_scale, hr_upscaler
 
     def init(self, all_prompts, all_seeds, all_subseeds):
         state = shared.state
@@ -115,6 +116,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             )
             state.job_count = state.job_count * 2
             state.processing_has_refined_job_count = True
+        if self.enable_hr and self.hr_upscaler is not None:
+            self.extra_generation_params["Hires upscaler"] = self.hr_upscaler
 
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         self._steps()
@@ -127,7 +130,30 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             latents.append(
                 torch.rand(4, self.height // OPT_F, self.width // OPT_F, generator=generator) * 2 - 1
             )
+        if self.enable_hr and self.hr_upscaler is not None:
+            return self._upscale_for_second_pass(torch.stack(latents))
         return torch.stack(latents)
+
+    def _upscale_for_second_pass(self, samples):
+        """The webui's sample_hr_pass with an image upscaler: decode, resize_image each image in order
+        (the upscaler, then Lanczos to the exact size), encode again at the hires size."""
+        width, height = int(self.width * self.hr_scale), int(self.height * self.hr_scale)
+        encoded = []
+        for sample in decode_latent_batch(self.sd_model, samples):
+            array = ((sample.permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+            image = images.resize_image(
+                0, Image.fromarray(array), width, height, upscaler_name=self.hr_upscaler
+            )
+            small = np.asarray(image.resize((width // OPT_F, height // OPT_F)), dtype=np.float32)
+            encoded.append(
+                torch.cat(
+                    [
+                        torch.from_numpy(small / 127.5 - 1).permute(2, 0, 1),
+                        torch.zeros(1, height // OPT_F, width // OPT_F),
+                    ]
+                )
+            )
+        return torch.stack(encoded)
 
 
 class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):

@@ -186,11 +186,16 @@ def load_scripts(extension_dir):
     scripts_data.clear()
     postprocessing_scripts_data.clear()
     script_callbacks.clear_callbacks()
-    folder = os.path.join(extension_dir, "scripts")
-    for filename in sorted(os.listdir(folder)):
+    builtin = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+    paths = [
+        os.path.join(d, f)
+        for d in (builtin, os.path.join(extension_dir, "scripts"))
+        for f in sorted(os.listdir(d))
+    ]
+    for path in paths:  # the webui's own scripts first, then the extension's
+        filename = os.path.basename(path)
         if not filename.endswith(".py"):
             continue
-        path = os.path.join(folder, filename)
         syspath = sys.path
         sys.path = [extension_dir] + sys.path
         try:

@@ -81,3 +81,7 @@ class ScriptPostprocessingRunner:
                 for i, name in enumerate(script.controls):
                     args[script.args_from + i] = given.get(name)
         return args
+
+    def image_changed(self):
+        for script in self.scripts_in_preferred_order():
+            script.image_changed()
