@@ -181,9 +181,8 @@ def test_extension_loads_before_the_first_generation(forge):
     assert "SUPIR-v0Q" in upscalers and "SUPIR-v0F" not in upscalers
     models = forge.call("/supir/v1/models")
     assert [m["name"] for m in models["models"]] == ["SUPIR-v0Q"] and models["missing"] == ["SUPIR-v0F"]
-    # SD 1.5 is selected; the status must name it, not the placeholder Forge holds until it loads
-    assert "not an SDXL model" in models["sdxl_problem"], models
-    assert "(unknown)" not in models["sdxl_problem"], models["sdxl_problem"]
+    # SD 1.5 is selected but not loaded yet: no verdict on Forge's placeholder model ("(unknown)")
+    assert "(unknown)" not in (models["sdxl_problem"] or ""), models["sdxl_problem"]
     assert [a["name"] for a in forge.call("/supir/v1/args")][0] == "enabled"
     # Settings: Forge's GET /sdapi/v1/options may not list extension keys; POST must take them
     forge.call("/sdapi/v1/options", {"supir_min_size": 64, "supir_upscaler_steps": 2})
@@ -274,7 +273,8 @@ def test_failed_supir_upscaler_is_not_passed_off_as_supir(forge):
     image = decode(result["image"]).convert("RGB")
     plain = np.abs(np.asarray(image, dtype=np.int16) - lanczos(source, image.size)).mean() < 1
     info = result.get("html_info") or ""
-    assert not (plain and "SUPIR-v0Q" in info and "SUPIR error" not in info), info
+    says_so = any(word in info for word in ("SUPIR error", "failed", "Lanczos"))
+    assert not (plain and "SUPIR-v0Q" in info and not says_so), info
 
 
 def test_extras_with_supir_in_the_browser(with_base, tmp_path):
