@@ -76,7 +76,7 @@ def clip_g_tensors(
     state = _state(transformer, path + ".transformer", overrides)
     text = {k[len("text_model.") :]: v for k, v in state.items() if k.startswith("text_model.")}
     linear = getattr(transformer, "text_projection", None)
-    if isinstance(linear, torch.nn.Linear):
+    if isinstance(getattr(linear, "weight", None), torch.Tensor):  # Forge builds its own Linear class
         projection, is_linear = state.get("text_projection.weight", linear.weight).detach(), True
     elif isinstance(getattr(clip_g, "text_projection", None), torch.Tensor):
         projection, is_linear = clip_g.text_projection.detach(), False  # applied as x @ P
