@@ -90,8 +90,8 @@ def forge_objects(sdxl: dict[str, torch.Tensor], projection_as_linear: bool = Tr
     projection = hf.pop("text_projection.weight")
     clip_model.clip_g = torch.nn.Module()
     clip_model.clip_g.transformer = Tensors(clip_model, {"text_model." + k: v for k, v in hf.items()})
-    if projection_as_linear:  # Forge's IntegratedCLIP: a Linear holding P transposed
-        linear = torch.nn.Linear(projection.shape[1], projection.shape[0], bias=False)
+    if projection_as_linear:  # Forge's IntegratedCLIP: its own Linear (a Module, not a torch Linear), P^T
+        linear = torch.nn.Module()
         linear.weight = torch.nn.Parameter(projection, requires_grad=False)
         clip_model.clip_g.transformer.text_projection = linear
     else:  # ldm_patched's SDClipModel: the open_clip matrix, applied as x @ P
