@@ -29,6 +29,7 @@ from .errors import CancelledError, DeviceMemoryError
 from .finite import check_sampled, run_vae_checked
 from .host import Host, NullHost
 from .memory import MemoryConfig, MemoryPlan, Residency, Workload, memory_config, plan_memory
+from .memory.host_heap import release_free_heap
 from .models import SUPIRModel
 from .models.vae import FirstStage, split_moments
 from .oom import drop_frames, empty_device_cache, is_out_of_memory
@@ -382,6 +383,7 @@ class SUPIRPipeline:
             if failed:
                 empty_device_cache(self.device)
             host.release_device()
+            release_free_heap()
 
     def _upscale(self, image: Image.Image, settings: UpscaleSettings, host: Host, timings) -> UpscaleResult:
         start = time.perf_counter()
