@@ -234,14 +234,10 @@ class ReForgeAdapter(ForgeAdapter):
     def name(self) -> str:
         return "reForge"
 
-    def loaded_model(self) -> Any | None:
-        return sd_models.model_data.sd_model
-
-    def model_for_run(self) -> Any | None:
-        return self.loaded_model()
-
-    def pending_checkpoint(self) -> str | None:
-        return None
+    # The checkpoint is A1111's object, loaded at start-up; memory and tensors are Forge's.
+    loaded_model = WebuiAdapter.loaded_model
+    model_for_run = WebuiAdapter.model_for_run
+    pending_checkpoint = WebuiAdapter.pending_checkpoint
 
     def token(self, model) -> Hashable:
         if getattr(model, "forge_objects", None) is None:
