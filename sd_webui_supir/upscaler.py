@@ -1,8 +1,10 @@
 """SUPIR as a webui Upscaler: "SUPIR-v0Q" / "SUPIR-v0F" in Hires. fix, SD upscale and the Extras dropdowns.
 
 The webui instantiates every ``modules.upscaler.Upscaler`` subclass at start-up (after loading extension
-scripts) and passes the ``--<name>-models-path`` flag, here ``--supir-models-path``. The parameters are
-not the accordion's: they come from Settings (default preset and prompts, steps), with no caption.
+scripts) and passes the ``--<name>-models-path`` flag, here ``--supir-models-path``. Forge Neo lists only
+its own upscalers, so :func:`ensure_listed` adds SUPIR's entries before the UI is built where they are
+missing. The parameters are not the accordion's: they come from Settings (default preset and prompts,
+steps), with no caption.
 """
 
 from __future__ import annotations
@@ -66,3 +68,14 @@ def _variant_of(path: str | None) -> str:
         if str(found) == str(path):
             return variant
     return "F" if "v0f" in Path(str(path)).name.lower() else "Q"
+
+
+def ensure_listed() -> None:
+    """Add SUPIR's entries to ``shared.sd_upscalers`` when the webui did not make them from the subclass."""
+    listed = {getattr(entry.scaler, "name", None) for entry in shared.sd_upscalers}
+    if UpscalerSUPIR.name in listed:
+        return
+    path = getattr(shared.cmd_opts, "supir_models_path", None)
+    scaler = UpscalerSUPIR(path)
+    scaler.user_path = path
+    shared.sd_upscalers = [*shared.sd_upscalers, *scaler.scalers]

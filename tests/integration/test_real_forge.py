@@ -3,12 +3,15 @@
 Opt-in: set ``FORGE_DIR`` to a Forge checkout whose dependencies are installed (its ``repositories/``
 present) and ``FORGE_PYTHON`` to that environment's python (``tools/forge_rig.sh setup`` lays both out). A
 Stable Diffusion checkpoint is taken from ``FORGE_CKPT`` or the first SD 1.5 file in its
-``models/Stable-diffusion``; a random-weight SD 1.5 file is enough. Forge runs on the CPU
-(``--always-cpu``), on a free loopback port, with a temporary ``--data-dir`` that holds this extension
+``models/Stable-diffusion``; a random-weight SD 1.5 file is enough. Forge runs on the CPU (``--always-cpu``,
+``--cpu`` on a recent Neo), on a free loopback port, with a temporary ``--data-dir`` that holds this extension
 (linked) and tiny random SUPIR weights; ``--gradio-allowed-path`` names the checkout, whose own files the
 page needs when the data folder is outside it. The environment is passed on as it is (offline machines set
 ``HF_HUB_OFFLINE=1`` themselves; Forge's tokenizers ship inside its ``backend/huggingface``).
-``FORGE_EXTRA_ARGS`` adds flags (a Neo tree needs ``--attention-pytorch`` on the CPU).
+``FORGE_EXTRA_ARGS`` adds flags (a Neo tree needs ``--attention-pytorch`` on the CPU). Forge Neo has no
+``--ckpt`` and loads ``sd_model_checkpoint`` from the data folder's config.json, else the first file of its
+checkpoint folder: the checkpoint is named there, and the tiny SUPIR SDXL base stays in the SUPIR models
+folder (Settings > SUPIR takes a file name from there), out of the webui's checkpoint list.
 
 Forge loads its checkpoint at the first generation, not at start-up: the first test runs before that.
 All tests share one server; each sets what it depends on.
@@ -16,6 +19,7 @@ All tests share one server; each sets what it depends on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -57,11 +61,17 @@ FORGE_FLAGS = [
     "--skip-install",
     "--skip-torch-cuda-test",
     "--skip-version-check",
-    "--always-cpu",
     "--api",
 ]
 READY = "Startup time:"
 SUPIR_BASE = "tiny-sdxl-base.safetensors"
+
+
+def host_takes(flag: str) -> bool:
+    """Whether this Forge defines ``flag``: a recent Neo refuses flags it does not know, and it renamed
+    ``--always-cpu`` to ``--cpu`` and dropped ``--ckpt``."""
+    sources = (FORGE / "modules" / "cmd_args.py", FORGE / "backend" / "args.py")
+    return any(f'"{flag}"' in path.read_text(errors="replace") for path in sources if path.is_file())
 
 
 def sd15_checkpoint() -> Path:
@@ -84,37 +94,69 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError(f"no VmRSS for process {pid}")
 
 
+def missing_requirements() -> list[str]:
+    """What install.py would install into Forge's environment (``--skip-install`` keeps it from running)."""
+    probe = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import install; "
+        "print(' '.join(install.needed(None, Path(sys.argv[2]))))"
+    )
+    found = subprocess.run(
+        [os.environ["FORGE_PYTHON"], "-c", probe, str(ROOT), str(FORGE)], capture_output=True, text=True
+    )
+    if found.returncode:
+        pytest.fail(f"cannot run {os.environ['FORGE_PYTHON']}: {found.stderr.strip()}")
+    return found.stdout.split()
+
+
 def start_forge(
     tmp_path_factory,
     checkpoint: Path,
     supir_files: dict[str, Path],
     config: dict,
-    checkpoints: dict[str, Path] | None = None,
     extra_flags: list[str] | None = None,
 ) -> Iterator[Webui]:
     """Start Forge with this extension and these files in a temporary data folder; yield it, stop it."""
+    missing = missing_requirements()
+    if missing:
+        pytest.fail(
+            f"Forge's environment lacks this extension's requirements {missing} (the webui installs them "
+            f"through install.py, which an offline start skips): {os.environ['FORGE_PYTHON']} -m pip install "
+            + " ".join(missing)
+        )
     data = tmp_path_factory.mktemp("forge_data")
     (data / "extensions").mkdir()
     (data / "extensions" / "sd-webui-supir").symlink_to(ROOT, target_is_directory=True)
-    # the checkpoint is also linked in: a Neo tree loads the first file of this folder whatever --ckpt says
-    checkpoints = {checkpoint.name: checkpoint, **(checkpoints or {})}
-    for folder, files in (("SUPIR", supir_files), ("Stable-diffusion", checkpoints)):
+    # Forge main takes --ckpt; Forge Neo has no such flag and loads the config's sd_model_checkpoint (else
+    # the first file of its checkpoint folder), so the file is linked in and named in both places.
+    for folder, files in (("SUPIR", supir_files), ("Stable-diffusion", {checkpoint.name: checkpoint})):
         (data / "models" / folder).mkdir(parents=True)
         for name, path in files.items():
             (data / "models" / folder / name).symlink_to(Path(path).resolve())
-    (data / "config.json").write_text(json.dumps(config))
+    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": checkpoint.name, **config}))
 
     port = free_port()
     log = data / "forge.log"
-    flags = [*FORGE_FLAGS, *shlex.split(os.environ.get("FORGE_EXTRA_ARGS", "")), *(extra_flags or [])]
+    cpu = "--always-cpu" if host_takes("--always-cpu") else "--cpu"
+    flags = [*FORGE_FLAGS, cpu, *shlex.split(os.environ.get("FORGE_EXTRA_ARGS", "")), *(extra_flags or [])]
     cmd = [os.environ["FORGE_PYTHON"], "launch.py", *flags, "--port", str(port)]
-    cmd += ["--ckpt", str(checkpoint), "--data-dir", str(data), "--gradio-allowed-path", str(FORGE)]
+    if host_takes("--ckpt"):
+        cmd += ["--ckpt", str(checkpoint)]
+    cmd += ["--data-dir", str(data), "--gradio-allowed-path", str(FORGE)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     started = time.monotonic()
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            cmd, cwd=FORGE, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            cmd,
+            cwd=FORGE,
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
+    # A recent Neo finds a config.json without its VERSION_UID and waits for Enter once before it goes on.
+    process.stdin.write(b"\n")
+    process.stdin.close()
     server = Webui(f"http://127.0.0.1:{port}", process, log)
     try:
         deadline = started + START_TIMEOUT
@@ -128,7 +170,8 @@ def start_forge(
         print(f"Forge ready in {seconds:.1f} s, RSS {rss:.2f} GiB")
         yield server
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited during start-up
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:
@@ -144,17 +187,15 @@ def forge(tmp_path_factory) -> Iterator[Webui]:
     base, supir = write_demo_checkpoints(tmp_path_factory.mktemp("tiny"))
     # Live previews with a model-free decoder; small SUPIR working size for the CPU.
     config = {"show_progress_type": "Approx cheap", "supir_min_size": 64}
-    yield from start_forge(
-        tmp_path_factory, sd15_checkpoint(), {"SUPIR-v0Q.safetensors": supir}, config, {SUPIR_BASE: base}
-    )
+    # the tiny SDXL base sits beside the SUPIR weights, not among the webui's checkpoints
+    supir_files = {"SUPIR-v0Q.safetensors": supir, SUPIR_BASE: base}
+    yield from start_forge(tmp_path_factory, sd15_checkpoint(), supir_files, config)
 
 
 def choose_base(forge: Webui, tiny: bool) -> None:
-    """Settings > SUPIR > SDXL base through POST /sdapi/v1/options: the tiny file or the loaded checkpoint."""
-    value = "Loaded checkpoint (when SDXL)"
-    if tiny:
-        titles = [m["title"] for m in forge.call("/sdapi/v1/sd-models")]
-        value = next(t for t in titles if t.startswith(SUPIR_BASE))
+    """Settings > SUPIR > SDXL base through POST /sdapi/v1/options: the tiny file (by its name in the SUPIR
+    models folder) or the loaded checkpoint."""
+    value = SUPIR_BASE if tiny else "Loaded checkpoint (when SDXL)"
     forge.call("/sdapi/v1/options", {"supir_sdxl_base": value})
 
 

@@ -2,8 +2,9 @@
 
 Opt-in, and heavy: besides ``FORGE_DIR`` and ``FORGE_PYTHON`` (see test_real_forge.py) set
 ``FORGE_SDXL_CKPT`` to a full-size SDXL checkpoint (random weights are fine). Forge starts with
-``--unet-in-fp8-e4m3fn`` so its UNet takes about 2.6 GB; SUPIR's own part is ``FORGE_SUPIR`` or, if that
-is not set, written once with random weights in the real layout (2.7 GB, stored in fp8 in RAM here).
+``--unet-in-fp8-e4m3fn`` (a recent Neo: its ``float8-e4m3fn`` storage setting) so its UNet takes about
+2.6 GB; SUPIR's own part is ``FORGE_SUPIR`` or, if that is not set, written once with random weights in
+the real layout (2.7 GB, stored in fp8 in RAM here).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_real_forge import FORGE, rss_bytes, start_forge
+from .test_real_forge import FORGE, host_takes, rss_bytes, start_forge
 from .test_real_webui import decode, supir_args, txt2img
 from .test_real_webui_sdxl import supir_part
 
@@ -35,9 +36,11 @@ def forge_xl(tmp_path_factory):
     given = os.environ.get("FORGE_SUPIR")
     supir = Path(given).expanduser() if given else supir_part(folder)
     config = {"supir_min_size": 64, "supir_storage_dtype": "fp8", "show_progress_type": "Approx cheap"}
-    yield from start_forge(
-        tmp_path_factory, SDXL, {"SUPIR-v0Q.safetensors": supir}, config, extra_flags=["--unet-in-fp8-e4m3fn"]
-    )
+    flags = ["--unet-in-fp8-e4m3fn"] if host_takes("--unet-in-fp8-e4m3fn") else []
+    if not flags:  # a recent Neo has no such flag: its "Diffusion in Low Bits" setting, as the UI sets it
+        config["forge_unet_storage_dtype"] = "float8-e4m3fn"
+    supir_files = {"SUPIR-v0Q.safetensors": supir}
+    yield from start_forge(tmp_path_factory, SDXL, supir_files, config, extra_flags=flags)
 
 
 def test_supir_runs_on_forges_loaded_sdxl_without_a_copy(forge_xl):

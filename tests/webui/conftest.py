@@ -140,6 +140,7 @@ def webui() -> Webui:
             runner.setup_ui()
         scripts.scripts_postproc.setup_ui()
     modelloader.load_upscalers()
+    script_callbacks.before_ui_callback()  # as the webui does, after the upscalers and before the UI
     sd15 = FakeSdModel(
         {"cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.ones(4)}, False
     )

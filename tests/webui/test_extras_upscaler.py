@@ -70,6 +70,21 @@ def test_extras_failure_is_shown_in_the_info_panel(webui, tmp_path):
     assert images[0].size == (32, 32) and "SUPIR: " in html_info and "no SUPIR-v0Q model found" in html_info
 
 
+def test_upscaler_entries_are_added_where_the_webui_lists_only_its_own(webui, monkeypatch):
+    """Forge Neo's load_upscalers makes only its own entries; SUPIR's appear before the UI all the same."""
+    from modules import script_callbacks
+
+    own = [u for u in shared.sd_upscalers if not u.name.startswith("SUPIR")]
+    monkeypatch.setattr(shared, "sd_upscalers", own)
+    script_callbacks.before_ui_callback()
+    names = [u.name for u in shared.sd_upscalers]
+    assert sorted(n for n in names if n.startswith("SUPIR")) == ["SUPIR-v0F", "SUPIR-v0Q"]
+    script_callbacks.before_ui_callback()  # listed already (A1111, Forge): no second entry
+    assert [u.name for u in shared.sd_upscalers] == names
+    data = next(u for u in shared.sd_upscalers if u.name == "SUPIR-v0Q")
+    assert data.scaler.upscale(Image.new("RGB", (20, 12), "white"), 2, data.data_path).size == (40, 24)
+
+
 def test_upscaler_entries_and_hires_style_call(webui):
     by_name = {u.name: u for u in shared.sd_upscalers}
     assert set(by_name) == {"SUPIR-v0Q", "SUPIR-v0F"}
