@@ -53,13 +53,27 @@ def media_size(path: Path) -> tuple[int, int]:
     return read_animation(path).frames[0].size
 
 
-def media_output(path: Path, source: Path, explicit: bool) -> Path:
-    """The output of media ``source``: the planned ``path`` with the source's extension, or (``explicit``:
-    the user named the file) ``path`` itself after checking it is a container of the same kind."""
+def input_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image, or of the frames of an animation or video; decodes the file so that a
+    broken one fails before the models load."""
+    if media_kind(path) is not None:
+        return media_size(path)
+    from .upscale_io import image_size
+
+    return image_size(path)
+
+
+def output_extension(source: Path) -> str:
+    """The extension of ``source``'s output in a folder: its own container for media, else ``.png``."""
+    if media_kind(source) is None:
+        return ".png"
+    suffix = source.suffix.lower()
+    return ".png" if suffix == ".apng" else suffix
+
+
+def check_output(path: Path, source: Path) -> None:
+    """Refuse an output file named by the user that is not a container of ``source``'s kind."""
     kind = media_kind(source)
-    if not explicit:
-        suffix = source.suffix.lower()
-        return path.with_suffix(".png" if suffix == ".apng" else suffix)
     if kind is not None and path.suffix.lower() not in OUTPUT_SUFFIXES[kind]:
         allowed = ", ".join(sorted(OUTPUT_SUFFIXES[kind]))
         what = "a video" if kind == "video" else "an animation"
@@ -67,4 +81,3 @@ def media_output(path: Path, source: Path, explicit: bool) -> Path:
             f"{source.name} is {what}: its output must end in one of {allowed}, "
             f"not {path.suffix or '(no extension)'}"
         )
-    return path

@@ -11,7 +11,7 @@ from PIL import Image
 from supir_engine.animation import read_animation
 from supir_engine.errors import SupirError
 from supir_engine.frames import upscale_media, work_folder
-from supir_engine.media import media_kind, media_output
+from supir_engine.media import check_output, media_kind, output_extension
 from supir_engine.settings import UpscaleSettings
 
 av = pytest.importorskip("av")
@@ -85,9 +85,10 @@ def test_media_kind_tells_animations_videos_and_stills(tmp_path):
 
 def test_explicit_output_must_be_the_same_kind(tmp_path):
     gif = write_gif(tmp_path / "a.gif")
-    assert media_output(tmp_path / "x_SUPIR_x2.png", gif, explicit=False).suffix == ".gif"
+    assert output_extension(gif) == ".gif" and output_extension(tmp_path / "c.MOV") == ".mov"
+    check_output(tmp_path / "x.webp", gif)
     with pytest.raises(SupirError, match="an animation: its output must end in one of"):
-        media_output(tmp_path / "x.mp4", gif, explicit=True)
+        check_output(tmp_path / "x.mp4", gif)
 
 
 def test_gif_keeps_frame_count_durations_and_loop(tmp_path):
