@@ -9,6 +9,7 @@ removed once the output is written, unless asked to keep it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -111,18 +112,19 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of the file's bytes: the same input uploaded again (under another temporary name) resumes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def job_key(source: Path, settings: UpscaleSettings, model_name: str | None) -> dict[str, Any]:
-    stat = source.stat()
     values = settings.to_dict()
     values.pop("seed")
-    return {
-        "version": JOB_VERSION,
-        "source": str(source.resolve()),
-        "bytes": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "settings": values,
-        "model": model_name,
-    }
+    return {"version": JOB_VERSION, "sha256": file_digest(source), "settings": values, "model": model_name}
 
 
 def upscale_media(

@@ -38,7 +38,7 @@ def write_video(path, frames=4, size=(32, 32), fps=5, audio=True):
             sound.layout = "mono"
         for i in range(frames):
             pixels = np.zeros((size[1], size[0], 3), dtype=np.uint8)
-            pixels[:, : 8 * (i + 1)] = (40 * i, 200, 255 - 40 * i)
+            pixels[:, : 8 * (i + 1)] = ((40 * i) % 256, 200, (255 - 40 * i) % 256)
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             frame.pts = i
             out.mux(stream.encode(frame))
