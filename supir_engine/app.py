@@ -27,6 +27,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
+from .app_media import add_media_section
 from .checkpoints import LoadOptions
 from .device_policy import precision_for
 from .device_select import pick_device
@@ -670,6 +671,7 @@ class SupirApp:
             )
             self._events(blocks, image, inputs, (run_button, stop_button), comparison, download, info, status)
             self._api(inputs)
+            add_media_section(self, inputs)
         return blocks
 
     def _controls(self, options: ServeOptions) -> dict[str, Any]:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # torch is imported when a command runs, not for --help
 __all__ = ["build_parser", "main", "pick_device"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+# Also taken from folders and patterns: animations and videos (media.py), upscaled frame by frame.
+INPUT_SUFFIXES = IMAGE_SUFFIXES | {".gif", ".apng", ".mp4", ".webm", ".mov", ".mkv", ".m4v"}
 HELP = {
     "scale": "upscale factor",
     "min_size": "minimum short side in pixels (the original uses 1024)",
@@ -118,7 +120,12 @@ def _optional(kind):
 
 def add_upscale_parser(commands) -> None:
     up = commands.add_parser("upscale", help="restore and upscale images", formatter_class=HelpFormatter)
-    up.add_argument("inputs", nargs="*", help="image files, folders or glob patterns")
+    up.add_argument(
+        "inputs",
+        nargs="*",
+        help="image files, folders or glob patterns; animated GIF/WebP/APNG and videos (mp4, webm, mov, mkv) "
+        "are upscaled frame by frame into the same container",
+    )
     up.add_argument(
         "-o",
         "--output",
@@ -161,6 +168,12 @@ def add_upscale_parser(commands) -> None:
         "--overwrite",
         action="store_true",
         help="replace existing outputs (default: an existing name gets a number, e.g. a_SUPIR_x2-1.png)",
+    )
+    up.add_argument(
+        "--keep-frames",
+        action="store_true",
+        help="animations and videos: keep the work folder of upscaled frames (<output>.frames) after the "
+        "output is written (it is always kept when a run stops part way, to resume it)",
     )
     up.add_argument(
         "--demo",
@@ -360,11 +373,11 @@ def expand_inputs(patterns: Sequence[str]) -> tuple[list[Path], list[str]]:
     for pattern in patterns:
         path = Path(pattern).expanduser()
         if path.is_dir():
-            hits = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            hits = sorted(p for p in path.iterdir() if p.suffix.lower() in INPUT_SUFFIXES and p.is_file())
         elif path.exists():
             hits = [path]
         else:
-            hits = sorted(Path(p) for p in glob.glob(pattern) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+            hits = sorted(Path(p) for p in glob.glob(pattern) if Path(p).suffix.lower() in INPUT_SUFFIXES)
         if not hits:
             missing.append(pattern)
         found += hits
@@ -425,9 +438,10 @@ def report_failure(source: str | Path, message: str) -> None:
 def prepare_batch(args: argparse.Namespace, settings: UpscaleSettings) -> Batch:
     """Everything that can fail before the models load: find and read every input, plan the output names,
     check that the output folders are writable. Unreadable inputs are reported and left out."""
+    from .media import check_output, input_size, output_extension
     from .output_names import plan_outputs, real_factor
     from .preprocess import check_size, target_size
-    from .upscale_io import check_writable, image_size
+    from .upscale_io import check_writable
 
     if not args.inputs:
         raise SupirError("give at least one image, folder or glob pattern (or --demo)")
@@ -439,7 +453,7 @@ def prepare_batch(args: argparse.Namespace, settings: UpscaleSettings) -> Batch:
     readable, factors = [], []
     for src in sources:
         try:
-            w, h = image_size(src)
+            w, h = input_size(src)
             out_h, out_w = target_size(h, w, settings.scale, settings.min_size, settings.alignment)
             check_size(out_h, out_w)
         except SupirError as exc:
@@ -456,7 +470,10 @@ def prepare_batch(args: argparse.Namespace, settings: UpscaleSettings) -> Batch:
         args.output,
         overwrite=getattr(args, "overwrite", False),
         skip_existing=args.skip_existing,
+        extensions=[output_extension(src) for src in readable],
     )
+    for target in targets:  # an output file named with -o must suit its input
+        check_output(target.path, target.source)
     for folder in dict.fromkeys(t.path.parent for t in targets):
         check_writable(folder)
     skipped = [t for t in targets if t.skip]
@@ -467,6 +484,8 @@ def prepare_batch(args: argparse.Namespace, settings: UpscaleSettings) -> Batch:
 
 def upscale_files(args: argparse.Namespace) -> int:
     from .alpha import keep_alpha
+    from .media import media_kind as is_media
+    from .media_run import run_media_file
     from .progress import TqdmHost
     from .upscale_io import load_image, save_image
 
@@ -480,6 +499,9 @@ def upscale_files(args: argparse.Namespace) -> int:
         model_name = Path(supir).stem
     for job in batch.jobs:
         src, dst = job.source, job.path
+        if is_media(src):
+            failures += run_media_file(pipeline, settings, src, dst, model_name, args.keep_frames)
+            continue
         try:
             image = load_image(src)
             result = pipeline.upscale(image, settings, TqdmHost(src.name, settings.steps))

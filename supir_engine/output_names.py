@@ -21,6 +21,8 @@ from .errors import SupirError
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 # An -o ending in one of these names a file (refused when we cannot write that format), not a folder.
 IMAGE_EXTENSIONS = {*OUTPUT_FORMATS, ".bmp", ".gif", ".tif", ".tiff"}
+# An -o ending in one of these names one output video (media.VIDEO_SUFFIXES).
+VIDEO_EXTENSIONS = {".mp4", ".webm", ".mov", ".mkv", ".m4v"}
 
 
 def output_format(path: Path) -> str:
@@ -89,11 +91,14 @@ def plan_outputs(
     default_folder: Path = Path("supir_outputs"),
     overwrite: bool = False,
     skip_existing: bool = False,
+    extensions: Sequence[str] | None = None,
 ) -> list[Target]:
     """Output path per source. ``output`` with an image extension is the one result file (one source
-    only); otherwise it is the folder (default ``default_folder``), with PNG results."""
-    if output is not None and output.suffix.lower() in IMAGE_EXTENSIONS:
-        output_format(output)
+    only); otherwise it is the folder (default ``default_folder``), with PNG results, or per source the
+    extension in ``extensions`` (an animation or video keeps its container)."""
+    if output is not None and output.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+        if not extensions or extensions[0] == ".png":  # a still image: written by Pillow
+            output_format(output)
         if len(sources) != 1:
             raise SupirError(
                 f"-o {output} names one file but {len(sources)} images were given; "
@@ -102,8 +107,8 @@ def plan_outputs(
         wanted = [output]
     else:
         folder = output if output is not None else default_folder
-        names = zip(stems(sources), factors, strict=True)
-        wanted = [folder / f"{stem}_SUPIR_x{factor:g}.png" for stem, factor in names]
+        names = zip(stems(sources), factors, extensions or [".png"] * len(sources), strict=True)
+        wanted = [folder / f"{stem}_SUPIR_x{factor:g}{ext}" for stem, factor, ext in names]
     targets: list[Target] = []
     taken: set[Path] = set()
     for source, path in zip(sources, wanted, strict=True):

@@ -365,3 +365,16 @@ def test_memory_policy_and_budget_reach_the_pipeline(tmp_path):
     assert pipeline.memory.policy == "blocks" and pipeline.memory.budget_bytes == int(2.5 * 2**30)
     stored = {p.dtype for p in pipeline.model.model.control_model.parameters()}
     assert torch.float8_e4m3fn in stored  # SUPIR's weights really stored in fp8
+
+
+@NEEDS_GRADIO
+def test_upscale_media_endpoint_returns_the_animation(client, tmp_path):
+    from supir_engine.animation import read_animation
+    from tests.test_media import DURATIONS, write_gif
+
+    gif = write_gif(tmp_path / "anim.gif", size=(32, 32))
+    job = client.submit(file_arg(gif), *UPSCALE_INPUTS.values(), api_name="/upscale_media")
+    path, summary = job.result(timeout=CALL_SECONDS)
+    back = read_animation(result_path(path))
+    assert len(back.frames) == 3 and back.durations == DURATIONS and back.frames[0].size == (64, 64)
+    assert "3 frames: 3 upscaled, 0 resumed; seed 5" in summary
