@@ -1,8 +1,10 @@
 """SUPIR as a webui Upscaler: "SUPIR-v0Q" / "SUPIR-v0F" in Hires. fix, SD upscale and the Extras dropdowns.
 
-The webui instantiates every ``modules.upscaler.Upscaler`` subclass at start-up (after loading extension
-scripts) and passes the ``--<name>-models-path`` flag, here ``--supir-models-path``. The parameters are
-not the accordion's: they come from Settings (default preset and prompts, steps), with no caption.
+AUTOMATIC1111 and Forge instantiate every ``modules.upscaler.Upscaler`` subclass at start-up (after loading
+extension scripts) and pass the ``--<name>-models-path`` flag, here ``--supir-models-path``; reForge builds
+its list from its own classes only, so ``list_in_webui`` adds SUPIR's entries before the UI is built. The
+parameters are not the accordion's: they come from Settings (default preset and prompts, steps), with no
+caption.
 """
 
 from __future__ import annotations
@@ -58,6 +60,13 @@ class UpscalerSUPIR(Upscaler):
             return img
         fallbacks.record(name, None)
         return result
+
+
+def list_in_webui() -> None:
+    """Add SUPIR's entries to ``shared.sd_upscalers`` where the host's loader left them out (reForge)."""
+    listed = {data.name for data in shared.sd_upscalers}
+    upscaler = UpscalerSUPIR(getattr(shared.cmd_opts, "supir_models_path", None))
+    shared.sd_upscalers.extend(data for data in upscaler.scalers if data.name not in listed)
 
 
 def _variant_of(path: str | None) -> str:

@@ -43,6 +43,14 @@ def on_infotext_pasted(callback, *, name=None):
     _add("infotext_pasted", callback)
 
 
+def on_before_ui(callback, *, name=None):
+    _add("before_ui", callback)
+
+
+def before_ui_callback():
+    _run("before_ui")
+
+
 def infotext_pasted_callback(infotext, params):
     _run("infotext_pasted", infotext, params)
 
