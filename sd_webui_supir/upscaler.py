@@ -1,9 +1,9 @@
 """SUPIR as a webui Upscaler: "SUPIR-v0Q" / "SUPIR-v0F" in Hires. fix, SD upscale and the Extras dropdowns.
 
 The webui instantiates every ``modules.upscaler.Upscaler`` subclass at start-up (after loading extension
-scripts) and passes the ``--<name>-models-path`` flag, here ``--supir-models-path``. Forge Neo lists only
-its own upscalers, so :func:`ensure_listed` adds SUPIR's entries before the UI is built where they are
-missing. The parameters are not the accordion's: they come from Settings (default preset and prompts,
+scripts) and passes the ``--<name>-models-path`` flag, here ``--supir-models-path``. Forge Neo and reForge
+list only their own upscalers, so :func:`ensure_listed` adds SUPIR's entries before the UI is built where
+they are missing. The parameters are not the accordion's: they come from Settings (default preset and prompts,
 steps), with no caption.
 """
 

@@ -222,6 +222,8 @@ def test_extension_loads_before_the_first_generation(forge):
     assert "SUPIR-v0Q" in upscalers and "SUPIR-v0F" not in upscalers
     models = forge.call("/supir/v1/models")
     assert [m["name"] for m in models["models"]] == ["SUPIR-v0Q"] and models["missing"] == ["SUPIR-v0F"]
+    if os.environ.get("FORGE_HOST"):  # the adapter the extension chose: "Forge", "Forge Neo" or "reForge"
+        assert models["host"] == os.environ["FORGE_HOST"], models["host"]
     # SD 1.5 is selected but not loaded yet: no verdict on Forge's placeholder model ("(unknown)")
     assert "(unknown)" not in (models["sdxl_problem"] or ""), models["sdxl_problem"]
     assert [a["name"] for a in forge.call("/supir/v1/args")][0] == "enabled"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from modules import postprocessing, scripts, shared
+from modules import modelloader, postprocessing, script_callbacks, scripts, shared
 from PIL import Image
 
 from .test_generation import assert_restored
@@ -93,3 +93,21 @@ def test_upscaler_entries_and_hires_style_call(webui):
     out = data.scaler.upscale(image, 2, data.data_path)
     assert out.size == (80, 48)
     assert_restored(webui, runs=1)
+
+
+def test_upscaler_entries_where_the_host_lists_only_its_own_upscalers(webui, monkeypatch):
+    """reForge's load_upscalers builds the list from a fixed set of its own classes, not every subclass."""
+    monkeypatch.setattr(shared, "sd_upscalers", [])  # what such a loader leaves for an extension
+    script_callbacks.before_ui_callback()
+    by_name = {u.name: u for u in shared.sd_upscalers}
+    assert set(by_name) == {"SUPIR-v0Q", "SUPIR-v0F"}
+    data = by_name["SUPIR-v0Q"]
+    assert data.data_path.endswith("SUPIR-v0Q.safetensors")
+    assert data.scaler.upscale(Image.new("RGB", (40, 24), "white"), 2, data.data_path).size == (80, 48)
+
+
+def test_upscaler_entries_listed_once_where_the_host_lists_every_subclass(webui, monkeypatch):
+    monkeypatch.setattr(shared, "sd_upscalers", [])
+    modelloader.load_upscalers()  # A1111 and Forge: SUPIR is there already
+    script_callbacks.before_ui_callback()
+    assert sorted(u.name for u in shared.sd_upscalers) == ["SUPIR-v0F", "SUPIR-v0Q"]
