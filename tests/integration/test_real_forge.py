@@ -70,7 +70,8 @@ SUPIR_BASE = "tiny-sdxl-base.safetensors"
 def host_takes(flag: str) -> bool:
     """Whether this Forge defines ``flag``: a recent Neo refuses flags it does not know, and it renamed
     ``--always-cpu`` to ``--cpu`` and dropped ``--ckpt``."""
-    sources = (FORGE / "modules" / "cmd_args.py", FORGE / "backend" / "args.py")
+    sources = [FORGE / "modules" / "cmd_args.py", FORGE / "backend" / "args.py"]
+    sources.append(FORGE / "ldm_patched" / "modules" / "args_parser.py")  # reForge
     return any(f'"{flag}"' in path.read_text(errors="replace") for path in sources if path.is_file())
 
 
