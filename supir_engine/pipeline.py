@@ -34,7 +34,7 @@ from .models import SUPIRModel
 from .models.vae import FirstStage, split_moments
 from .oom import drop_frames, empty_device_cache, is_out_of_memory
 from .preprocess import prepare_image, to_pil
-from .resume import ResumeOptions
+from .resume_options import ResumeOptions
 from .resume_run import ResumeRun
 from .sampling import (
     SAMPLERS,
@@ -144,7 +144,8 @@ def restore_latent(
     start: SamplerStart | None = None,
 ) -> torch.Tensor:
     sigmas = SCHEDULES[sampler](steps)
-    return SAMPLERS[sampler](denoiser, initial_noise, sigmas, guided, settings, callback, noise, start=start)
+    resumed = {} if start is None else {"start": start}  # samplers wrapped by callers may not take it
+    return SAMPLERS[sampler](denoiser, initial_noise, sigmas, guided, settings, callback, noise, **resumed)
 
 
 @dataclass
