@@ -73,6 +73,9 @@ class UpscaleResponse(BaseModel):
     input_size: list[int]
     output_size: list[int]
     seconds: dict[str, float]
+    resumed_at: list[int] | None = Field(
+        None, description="[steps done, steps] of the saved sampler state this run continued; null: from 0"
+    )
 
 
 def decode_image(data: str) -> Image.Image:
@@ -164,6 +167,7 @@ def upscale(req: UpscaleRequest) -> UpscaleResponse:
         input_size=list(result.input_size),
         output_size=list(out.size),
         seconds={k: round(v, 3) for k, v in result.timings.items()},
+        resumed_at=None if result.resumed_at is None else list(result.resumed_at),
     )
 
 

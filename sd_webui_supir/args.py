@@ -19,9 +19,11 @@ from supir_engine.infotext import (
     MODEL_KEY,
     PLAN_KEY,
     PRECISION_KEY,
+    RESUMED_KEY,
     plan_infotext,
     plan_notes,
     precision_label,
+    resume_infotext,
 )
 from supir_engine.settings import (
     COLOR_FIXES,
@@ -255,6 +257,7 @@ ALL_INFOTEXT_KEYS: tuple[str, ...] = (
     PLAN_KEY,
     BASE_KEY,
     BASE_LORA_KEY,
+    RESUMED_KEY,
 )
 # Fields read back from other keys (no key of their own): True when the ramp's start value is written.
 DERIVED_FIELDS: dict[str, Callable[[Mapping[str, str]], Any]] = {
@@ -313,6 +316,7 @@ def result_params(
         params[BASE_KEY] = result.base
     if getattr(result, "base_loras", ""):
         params[BASE_LORA_KEY] = result.base_loras
+    params.update(resume_infotext(result))
     return params
 
 

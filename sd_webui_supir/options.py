@@ -47,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
     "supir_save_before": False,
     "supir_compare": True,
     "supir_upscaler_steps": 0,
+    "supir_resume": True,
+    "supir_resume_every_steps": 5,
+    "supir_resume_limit_gb": 4.0,
 }
 
 LABELS: dict[str, str] = {
@@ -72,6 +75,12 @@ LABELS: dict[str, str] = {
     "supir_save_before": "Save a copy of each image before SUPIR (suffix -before-supir)",
     "supir_compare": "Before/after comparison in the txt2img/img2img gallery (recent originals kept in RAM)",
     "supir_upscaler_steps": "Steps when SUPIR is used as an Upscaler (0: those of the default preset)",
+    "supir_resume": (
+        "Resume interrupted jobs: save the sampler's state as it runs; upscaling the same image with the "
+        "same settings again continues where it stopped (folder supir_resume in the webui's data directory)"
+    ),
+    "supir_resume_every_steps": "Save a resumable job's state every N sampler steps (and when interrupted)",
+    "supir_resume_limit_gb": "Size limit of the saved states, in GB (the oldest are deleted beyond it)",
 }
 
 
@@ -143,6 +152,11 @@ def option_infos() -> dict[str, Any]:
         "supir_save_before": info("supir_save_before"),
         "supir_compare": info("supir_compare"),
         "supir_upscaler_steps": number("supir_upscaler_steps", 0, 200, 1),
+        "supir_resume": info("supir_resume"),
+        "supir_resume_every_steps": number("supir_resume_every_steps", 1, 100, 1),
+        "supir_resume_limit_gb": info(
+            "supir_resume_limit_gb", gr.Slider, {"minimum": 0.5, "maximum": 100, "step": 0.5}
+        ),
     }
 
 

@@ -31,6 +31,7 @@ from .args import model_name
 from .host import RESTORE_FAILED, WebuiHost
 from .options import LOADED_CHECKPOINT, LORA_WITHOUT, models_dir, opt
 from .precision import webui_precision
+from .resume import resume_options
 from .total_progress import ImageShare
 
 log = logging.getLogger(__name__)
@@ -288,8 +289,9 @@ def upscale(
             base = resolve_base()
             model = CACHE.get(base.source, supir_file, load_options(precision))
             pipeline = _pipeline(model, device, precision)
+            resume = resume_options(base.source, supir_file, precision.label)
             with _no_autocast(device):
-                result = pipeline.upscale(image, settings, host)
+                result = pipeline.upscale(image, settings, host, resume=resume)
             result.base = base.name
             if base.loras:
                 result.base_loras = ", ".join(base.loras) + ("" if base.loras_used else " (left out)")

@@ -9,6 +9,7 @@ reads only SUPIR's own weights.
 Everything that differs between Gradio 3.41 (what the webui ships) and Gradio 4, 5 and 6 is in ``Compat``.
 """
 
+import dataclasses
 import functools
 import itertools
 import logging
@@ -37,6 +38,7 @@ from .memory import budget_config
 from .model_cache import ModelCache
 from .preprocess import MAX_PIXELS, MAX_SIDE, ImageError, check_size, target_size
 from .progress import RunProgress
+from .resume_options import ResumeOptions, weights_identity
 from .settings import (
     COLOR_FIXES,
     LIGHTNING_NOTE,
@@ -137,6 +139,7 @@ class ServeOptions:
     output_dir: Path | None = None
     vram_budget_gib: float | None = None  # device memory the memory policy plans with; None = free memory
     precision: str = "auto"  # compute precision: auto (from the device), fp32, fp16 or bf16
+    resume: ResumeOptions | None = None  # where interrupted runs keep their sampler state; None: nowhere
 
     def __post_init__(self) -> None:
         if not self.supir:
@@ -252,6 +255,8 @@ class Engine:
 
     def status(self) -> str:
         with_output = f", results saved to `{self.options.output_dir}`" if self.options.output_dir else ""
+        if self.options.resume is not None:
+            with_output += f", interrupted runs resume from `{self.options.resume.folder}`"
         return f"**Model:** {self._state} · device `{self.device}` ({self.precision.label}){with_output}"
 
     def default_request(self) -> RunRequest:
@@ -286,7 +291,16 @@ class Engine:
     def upscale(self, image: Image.Image, settings: UpscaleSettings, request: RunRequest, host: ProgressHost):
         """Run on the device once every earlier run has finished, loading the model first if needed."""
         with self._device_lock:
-            return self._pipeline(request, host).upscale(image, settings, host)
+            pipeline = self._pipeline(request, host)
+            return pipeline.upscale(image, settings, host, resume=self.resume_options(request))
+
+    def resume_options(self, request: RunRequest) -> ResumeOptions | None:
+        """Where this request's sampler states go, keyed to the files its weights come from."""
+        if self.options.resume is None:
+            return None
+        files = (self.options.sdxl, self.options.supir[request.variant])
+        weights = weights_identity(*files, extra=(request.dtype, self.precision.label))
+        return dataclasses.replace(self.options.resume, weights=weights)
 
 
 # ------------------------------------------------------------------------------------- images in and out
@@ -962,6 +976,8 @@ def run_serve(args: Any) -> int:
 
 
 def _serve_in(tmp: Path, args: Any, auth: tuple[str, str] | None) -> Engine:
+    from .cli import resume_from_args
+
     if args.demo:
         sdxl, supir = write_demo_models(tmp)
         log.warning("demo: tiny models with RANDOM weights; the output is noise, not a restoration")
@@ -979,5 +995,6 @@ def _serve_in(tmp: Path, args: Any, auth: tuple[str, str] | None) -> Engine:
         args.output_dir,
         args.vram_budget,
         getattr(args, "precision", "auto"),
+        resume_from_args(args, ""),
     )
     return serve(options, args.host, args.port, auth, demo=args.demo)

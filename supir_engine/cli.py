@@ -23,6 +23,7 @@ from .choices import MEMORY_POLICIES as POLICIES
 from .choices import PRECISIONS, STORAGE_DTYPE_NAMES
 from .device_select import pick_device, storage_dtype
 from .errors import CancelledError, SupirError
+from .resume_options import DEFAULT_EVERY_STEPS, DEFAULT_MAX_BYTES, ResumeOptions, weights_identity
 from .settings import PRESETS, UpscaleSettings, preset
 
 if TYPE_CHECKING:  # torch is imported when a command runs, not for --help
@@ -181,6 +182,7 @@ def add_upscale_parser(commands) -> None:
         help="use a tiny model with RANDOM weights (no download; the output is noise, not a restoration) "
         "and, without inputs, a generated test image: shows that the installation works end to end",
     )
+    add_resume_arguments(up)
     defaults = preset("quality")
     for f in dataclasses.fields(UpscaleSettings):
         flag = "--" + f.name.replace("_", "-")
@@ -193,6 +195,56 @@ def add_upscale_parser(commands) -> None:
         if "None" in f.type:
             kind = _optional(kind)
         up.add_argument(flag, type=kind, default=None, help=text.replace("%", "%%"))
+
+
+def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
+    """--resume-dir and how often states are saved (upscale and serve share them)."""
+    group = parser.add_argument_group("resumable runs")
+    group.add_argument(
+        "--resume-dir",
+        type=Path,
+        metavar="DIR",
+        help="save the sampler's state in DIR while it runs; a later run of the same image with the same "
+        "settings and models continues from it (the same result as one uninterrupted run)",
+    )
+    group.add_argument(
+        "--save-every-steps",
+        type=int,
+        default=DEFAULT_EVERY_STEPS,
+        metavar="N",
+        help="with --resume-dir: save after every N sampler steps (and whenever a run is stopped)",
+    )
+    group.add_argument(
+        "--save-every-minutes",
+        type=float,
+        metavar="M",
+        help="with --resume-dir: also save once M minutes have passed since the last save",
+    )
+    group.add_argument(
+        "--resume-limit-gb",
+        type=float,
+        default=DEFAULT_MAX_BYTES / 1024**3,
+        metavar="GB",
+        help="with --resume-dir: the oldest saved states are deleted beyond this size",
+    )
+
+
+def resume_from_args(args: argparse.Namespace, weights: str) -> ResumeOptions | None:
+    """The ResumeOptions of --resume-dir and its companions (None without --resume-dir)."""
+    folder = getattr(args, "resume_dir", None)
+    if folder is None:
+        return None
+    minutes = args.save_every_minutes
+    try:
+        return ResumeOptions(
+            Path(folder).expanduser(),
+            weights,
+            every_steps=args.save_every_steps,
+            every_seconds=None if minutes is None else minutes * 60.0,
+            max_bytes=int(args.resume_limit_gb * 1024**3),
+        )
+    except ValueError as exc:
+        raise SupirError(f"resumable runs: {exc}") from exc
 
 
 def add_serve_parser(commands) -> None:
@@ -228,6 +280,7 @@ def add_serve_parser(commands) -> None:
         action="store_true",
         help="tiny models with RANDOM weights (no download): the output is noise, not a restoration",
     )
+    add_resume_arguments(serve)
 
 
 def is_loopback(host: str) -> bool:
@@ -490,6 +543,7 @@ def upscale_files(args: argparse.Namespace) -> int:
     from .upscale_io import load_image, save_image
 
     settings = settings_from_args(args)
+    resume_from_args(args, "")  # bad values fail before anything loads
     batch = prepare_batch(args, settings)
     failures = batch.failures
     if batch.jobs:
@@ -497,6 +551,7 @@ def upscale_files(args: argparse.Namespace) -> int:
         pipeline, report = load_pipeline(sdxl, supir, args)
         print(format_report(report), file=sys.stderr)
         model_name = Path(supir).stem
+        resume = resume_from_args(args, weights_identity(sdxl, supir, extra=(args.dtype, args.precision)))
     for job in batch.jobs:
         src, dst = job.source, job.path
         if is_media(src):
@@ -504,7 +559,7 @@ def upscale_files(args: argparse.Namespace) -> int:
             continue
         try:
             image = load_image(src)
-            result = pipeline.upscale(image, settings, TqdmHost(src.name, settings.steps))
+            result = pipeline.upscale(image, settings, TqdmHost(src.name, settings.steps), resume=resume)
             save_image(keep_alpha(image, result.image), result, dst, model_name)
         except CancelledError:
             raise
@@ -516,7 +571,7 @@ def upscale_files(args: argparse.Namespace) -> int:
         print(
             f"{src} -> {dst} ({result.output_size[0]}x{result.output_size[1]}, seed {result.settings.seed}; "
             f"{stages}{'; stage 1 cached' if result.stage1_cached else ''}{describe_memory(result.memory)}"
-            f"{describe_precision(result.precision)})",
+            f"{describe_precision(result.precision)}{describe_resume(result)})",
             file=sys.stderr,
         )
     if failures:
@@ -557,6 +612,10 @@ def memory_from_args(args: argparse.Namespace) -> MemoryConfig:
     from .memory import budget_config
 
     return budget_config(getattr(args, "memory", None), vram_budget(args))
+
+
+def describe_resume(result) -> str:
+    return "" if result.resumed_at is None else "; resumed at step {}/{}".format(*result.resumed_at)
 
 
 def describe_precision(precision: Precision | None) -> str:

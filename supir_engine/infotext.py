@@ -40,6 +40,7 @@ INFOTEXT_FIELDS: tuple[tuple[str, str], ...] = (
 MODEL_KEY = "SUPIR model"
 PRECISION_KEY = "SUPIR precision"  # what ran (Precision.label); informative, not read back
 PLAN_KEY = "SUPIR plan"  # written only when the memory plan changed the tiling (read back by nobody)
+RESUMED_KEY = "SUPIR resumed"  # "step k/n" when a run continued a saved sampler state (informative)
 
 
 def to_infotext(
@@ -64,7 +65,15 @@ def to_infotext(
 
 def result_infotext(result: Any, model_name: str | None = None) -> dict[str, str]:
     """The infotext of an UpscaleResult: its settings, precision and memory-plan notes."""
-    return to_infotext(result.settings, model_name, precision_label(result), plan_notes(result))
+    params = to_infotext(result.settings, model_name, precision_label(result), plan_notes(result))
+    params.update(resume_infotext(result))
+    return params
+
+
+def resume_infotext(result: Any) -> dict[str, str]:
+    """``{RESUMED_KEY: "step k/n"}`` for an UpscaleResult that resumed a saved state, else nothing."""
+    resumed = getattr(result, "resumed_at", None)
+    return {RESUMED_KEY: "step {}/{}".format(*resumed)} if resumed else {}
 
 
 def precision_label(result: Any) -> str | None:

@@ -34,6 +34,8 @@ from .models import SUPIRModel
 from .models.vae import FirstStage, split_moments
 from .oom import drop_frames, empty_device_cache, is_out_of_memory
 from .preprocess import prepare_image, to_pil
+from .resume_options import ResumeOptions
+from .resume_run import ResumeRun
 from .sampling import (
     SAMPLERS,
     SCHEDULES,
@@ -42,6 +44,7 @@ from .sampling import (
     GuidedConditioning,
     NoiseSource,
     SamplerSettings,
+    SamplerStart,
     generator_noise,
 )
 from .settings import UpscaleSettings
@@ -138,9 +141,11 @@ def restore_latent(
     steps: int,
     noise: NoiseSource,
     callback: Callable | None = None,
+    start: SamplerStart | None = None,
 ) -> torch.Tensor:
     sigmas = SCHEDULES[sampler](steps)
-    return SAMPLERS[sampler](denoiser, initial_noise, sigmas, guided, settings, callback, noise)
+    resumed = {} if start is None else {"start": start}  # samplers wrapped by callers may not take it
+    return SAMPLERS[sampler](denoiser, initial_noise, sigmas, guided, settings, callback, noise, **resumed)
 
 
 @dataclass
@@ -158,6 +163,7 @@ class UpscaleResult:
     notes: list[str] = field(default_factory=list)  # what the run did differently (e.g. an fp32 VAE retry)
     base: str = ""  # the SDXL base it ran on, as the front-end names it (set by front-ends)
     base_loras: str = ""  # LoRAs merged into that base by a host, as the front-end describes them
+    resumed_at: tuple[int, int] | None = None  # (steps done, steps) of a saved state the run resumed from
 
 
 class _CountingDenoiser(Denoiser):
@@ -349,13 +355,21 @@ class SUPIRPipeline:
         )
 
     def upscale(
-        self, image: Image.Image, settings: UpscaleSettings | None = None, host: Host | None = None
+        self,
+        image: Image.Image,
+        settings: UpscaleSettings | None = None,
+        host: Host | None = None,
+        *,
+        resume: ResumeOptions | None = None,
     ) -> UpscaleResult:
         """Restore and upscale ``image``. Raises CancelledError when the host asks to stop.
 
+        With ``resume`` the sampler's state is saved to ``resume.folder`` as it runs, and a run of the same
+        job (input, settings, weights, device policy) continues from the newest state (resume.py).
         Also runs under a fake-tensor mode (memory benchmarks): the image it returns is then blank.
         """
         settings = settings or UpscaleSettings()
+        resume_run = None if resume is None else ResumeRun(resume, image, settings.seed, self)
         settings = settings.replace(seed=resolve_seed(settings.seed))
         host = host or NullHost()
         timings: dict[str, float] = {}
@@ -363,7 +377,7 @@ class SUPIRPipeline:
         failed = True
         try:
             with torch.inference_mode():
-                result = self._upscale(image, settings, host, timings)
+                result = self._upscale(image, settings, host, timings, resume_run)
             failed = False
             return result
         except Exception as exc:
@@ -385,7 +399,9 @@ class SUPIRPipeline:
             host.release_device()
             release_free_heap()
 
-    def _upscale(self, image: Image.Image, settings: UpscaleSettings, host: Host, timings) -> UpscaleResult:
+    def _upscale(
+        self, image: Image.Image, settings: UpscaleSettings, host: Host, timings, resume: ResumeRun | None
+    ) -> UpscaleResult:
         start = time.perf_counter()
         lq, _ = prepare_image(image, settings.scale, settings.min_size, settings.alignment)
         timings["preprocess"] = time.perf_counter() - start
@@ -400,6 +416,11 @@ class SUPIRPipeline:
         notes: list[str] = []
         stage1 = self._stage1(lq, key, settings, host, timings, notes)
         crossattn, vector, un_crossattn, un_vector = self._conditioning(settings, host, timings)
+        saved = None
+        if resume is not None:
+            saved = resume.open(settings, plan, tuple(stage1.control.shape))
+            settings = resume.settings(settings)
+            notes.extend(resume.notes())
 
         generator = torch.Generator("cpu").manual_seed(settings.seed)
         noise = generator_noise(generator)
@@ -411,11 +432,16 @@ class SUPIRPipeline:
             anchor,
         )
         initial = noise(control)
+        if saved is not None:
+            generator.set_state(saved.rng)  # where the saved run's generator was after its last step
         denoiser = _CountingDenoiser(Denoiser(self.model.unet, self.model.control_model, self.dtype))
 
         def on_step(info) -> None:
             host.progress("sampling", info.step + 1, info.total)
-            if host.should_stop():
+            stop = host.should_stop()
+            if resume is not None:
+                resume.after_step(info, generator, stop)
+            if stop:
                 raise CancelledError(f"stopped after sampler step {info.step + 1} of {info.total}")
 
         sampling_modules = (self.model.control_model, self.model.unet)  # execution order
@@ -429,6 +455,7 @@ class SUPIRPipeline:
                 settings.steps,
                 noise,
                 on_step,
+                None if saved is None else saved.start(),
             )
         del guided, anchor, control, initial
         check_sampled(latent, self.dtype)
@@ -441,6 +468,8 @@ class SUPIRPipeline:
             fixed = apply_color_fix(settings.color_fix, decoded, stage1.reference.to(decoded.device).float())
             del decoded
             out = fixed.cpu()
+        if resume is not None:
+            resume.completed()
         return UpscaleResult(
             _to_image(out),
             settings,
@@ -453,6 +482,7 @@ class SUPIRPipeline:
             self.precision,
             dict(self._residency.bytes_to_device),
             notes,
+            resumed_at=None if saved is None else (saved.step, saved.total),
         )
 
 

@@ -493,6 +493,33 @@ class TileInfo:
 
 
 StepCallback = Callable[[StepInfo], None]
+
+
+@dataclass(frozen=True)
+class SamplerStart:
+    """Where a resumed run begins: ``step`` steps are done, ``x`` is the latent after them (already
+    scaled) and ``old`` DPM++ 2M's blended prediction of the last done step (None for the EDM sampler).
+    The noise source must already be at the state it had after those steps."""
+
+    step: int
+    x: torch.Tensor
+    old: torch.Tensor | None = None
+
+
+def _start_at(
+    start: SamplerStart | None, x: torch.Tensor, sigma0: float, steps: int
+) -> tuple[int, torch.Tensor]:
+    """(first step to run, the latent it gets): the scaled noise, or the resumed latent."""
+    if start is None:
+        return 0, x * math.sqrt(1.0 + sigma0**2)
+    _require(0 <= start.step <= steps, f"cannot resume at step {start.step} of a {steps}-step schedule")
+    _require(
+        tuple(start.x.shape) == tuple(x.shape),
+        f"resumed latent {tuple(start.x.shape)} differs from x {tuple(x.shape)}",
+    )
+    return start.step, start.x.to(x.device, x.dtype)
+
+
 TileCallback = Callable[[TileInfo], None]
 
 
@@ -756,6 +783,7 @@ def sample_restore_edm(
     noise: NoiseSource | None = None,
     *,
     tile_callback: TileCallback | None = None,
+    start: SamplerStart | None = None,
 ) -> torch.Tensor:
     """The original's (Tiled)RestoreEDMSampler: Euler steps with churn, CFG and restoration guidance.
 
@@ -763,14 +791,15 @@ def sample_restore_edm(
     not modified). Untiled, noise is drawn only at steps with gamma > 0; tiled, one full-latent draw per
     step (used only when gamma > 0), sliced per tile, as the original does. ``callback`` gets a StepInfo
     after every step (raise from it to cancel); ``tile_callback`` every tile's result before blending.
+    ``start`` resumes a run after its first ``start.step`` steps (see SamplerStart).
     """
     sigmas = _prepare_sigmas(sigmas)
     noise = torch.randn_like if noise is None else noise
     plan = _plan(x, cond, settings, settings.restoration_enabled, tile_callback)
     steps = len(sigmas) - 1
     logger.debug("restore_edm: %d steps, %d region(s)", steps, len(plan.regions))
-    x = x * math.sqrt(1.0 + sigmas[0] ** 2)
-    for i in range(steps):
+    first, x = _start_at(start, x, sigmas[0], steps)
+    for i in range(first, steps):
         p = _EDMStep(sigmas[i], sigmas[i + 1], settings.churn(sigmas[i], steps))
         xi = noise(x) if settings.tiled or p.gamma > 0 else None
         region_step = partial(_edm_region_step, settings, p)
@@ -843,6 +872,7 @@ def sample_restore_dpmpp_2m(
     noise: NoiseSource | None = None,
     *,
     tile_callback: TileCallback | None = None,
+    start: SamplerStart | None = None,
 ) -> torch.Tensor:
     """The original's (Tiled)RestoreDPMPP2MSampler (DPM++ 2M with eta-scaled noise).
 
@@ -850,7 +880,8 @@ def sample_restore_dpmpp_2m(
     sqrt(1 + sigmas[0]^2) (the original uses legacy[0], equal to the Karras sigmas[0] up to float32
     rounding). Noise is drawn (full latent, sliced per tile) at every step except the first and the last:
     N - 2 draws, also when eta = 0. Tiled, the previous prediction is itself blended over tiles.
-    Callbacks as in ``sample_restore_edm``.
+    Callbacks and ``start`` as in ``sample_restore_edm``; ``StepInfo.denoised`` is the blended prediction
+    the next step uses (``SamplerStart.old``).
     """
     sigmas = _prepare_sigmas(sigmas)
     noise = torch.randn_like if noise is None else noise
@@ -858,9 +889,12 @@ def sample_restore_dpmpp_2m(
     plan = _plan(x, cond, settings, needs_anchor, tile_callback)
     steps = len(sigmas) - 1
     logger.debug("restore_dpmpp_2m: %d steps, %d region(s)", steps, len(plan.regions))
-    x = x * math.sqrt(1.0 + sigmas[0] ** 2)
+    first, x = _start_at(start, x, sigmas[0], steps)
     old = None
-    for i in range(steps):
+    if start is not None and first > 0:
+        _require(start.old is not None, "resuming DPM++ 2M after step 0 needs the previous prediction (old)")
+        old = start.old.to(x.device, x.dtype)
+    for i in range(first, steps):
         p = _DPMStep(sigmas[i - 1] if i > 0 else None, sigmas[i], sigmas[i + 1])
         xi = noise(x) if i > 0 and p.sigma_next > _FINAL_SIGMA else None
         region_step = partial(_dpm_region_step, settings, p)

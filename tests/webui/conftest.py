@@ -154,6 +154,7 @@ def fresh(request):
         yield
         return
     webui = request.getfixturevalue("webui")
+    shutil.rmtree(DATA / "supir_resume", ignore_errors=True)  # no test resumes another's interrupted job
     shared.state = shared_state.State()
     shared.state.begin(job="test")
     shared.total_tqdm = shared_total_tqdm.TotalTQDM()
