@@ -356,6 +356,10 @@ class SUPIRPipeline:
         Also runs under a fake-tensor mode (memory benchmarks): the image it returns is then blank.
         """
         settings = settings or UpscaleSettings()
+        if settings.progressive:
+            from .progressive import upscale_progressive
+
+            return upscale_progressive(self, image, settings, host)
         settings = settings.replace(seed=resolve_seed(settings.seed))
         host = host or NullHost()
         timings: dict[str, float] = {}
