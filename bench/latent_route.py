@@ -17,7 +17,8 @@ stage 1. Both are compared with a 20-step run's FLOPs (stage 1 + text + 20 x one
 
 Everything runs untiled, fp16 UNet/control and bf16 VAE, on bench/fakecuda.py's fake device: FLOPs count
 matrix products, convolutions and attention (2 per multiply-add); peaks are allocated bytes while the
-piece ran (its weights included), and "act" is that peak above the bytes live when it started.
+piece ran (its weights included), and "rise" is that peak above the bytes live when it began (for the run's
+stages, that includes the weights the stage brought to the device).
 """
 
 from __future__ import annotations
@@ -106,7 +107,11 @@ def measure(tiny: bool) -> dict:
         settings = UpscaleSettings(scale=2, min_size=0, steps=1, seed=1)
         result = pipe.upscale(image, settings)
         for name, st in fc.phases.items():
-            pieces[name] = {"flops": st.flops, "peak_bytes": st.peak_bytes, "start_bytes": starts.get(name, 0)}
+            pieces[name] = {
+                "flops": st.flops,
+                "peak_bytes": st.peak_bytes,
+                "start_bytes": starts.get(name, 0),
+            }
 
         with torch.inference_mode():
             vae = model.first_stage_model
@@ -150,7 +155,11 @@ def figures(raw: dict) -> dict:
             "added": faithful_added,
             "net_share": (faithful_removed - faithful_added) / run,
         },
-        "upper_bound": {"removed": bound_removed, "added": upscaler, "net_share": (bound_removed - upscaler) / run},
+        "upper_bound": {
+            "removed": bound_removed,
+            "added": upscaler,
+            "net_share": (bound_removed - upscaler) / run,
+        },
         "worth_building": (bound_removed - upscaler) / run >= THRESHOLD,
         "resize_flops": resize,
     }
@@ -169,7 +178,7 @@ def report(raw: dict) -> str:
         (f"final decode at {out} px", "decode"),
         (f"latent upscaler {size // 8} -> {out // 8} latent px", "latent_upscaler"),
     ]
-    lines = [f"{'piece':<46} {'TFLOP':>9} {'peak GiB':>9} {'act GiB':>8} {'% of run':>8}"]
+    lines = [f"{'piece':<46} {'TFLOP':>9} {'peak GiB':>9} {'rise GiB':>8} {'% of run':>8}"]
     for label, key in rows:
         st = p[key]
         share = st["flops"] / f["run_flops"] * 100

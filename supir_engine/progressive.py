@@ -188,7 +188,9 @@ def upscale_progressive(
     return _combined(image, settings, passes, results)
 
 
-def _combined(image: Image.Image, settings: UpscaleSettings, passes: list[Pass], results: list) -> UpscaleResult:
+def _combined(
+    image: Image.Image, settings: UpscaleSettings, passes: list[Pass], results: list
+) -> UpscaleResult:
     last = results[-1]
     timings: dict[str, float] = {}
     copied: dict[str, int] = {}

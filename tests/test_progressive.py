@@ -1,4 +1,4 @@
-"""Progressive passes: the plan (pass count and sizes), the chain through the pipeline, interrupt, infotext."""
+"""Progressive passes: the plan (pass count, sizes), the chain through the pipeline, interrupt, infotext."""
 
 from __future__ import annotations
 
