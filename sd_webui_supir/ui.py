@@ -196,4 +196,4 @@ def extras_ui() -> dict[str, Any]:
     with InputAccordion(False, label="SUPIR", elem_id="extras_supir") as enabled:
         components = _components(defaults, lambda name: f"extras_supir_{name}", False, with_skip=False)
     components.pop("refresh_status")
-    return {"enabled": enabled, **components}
+    return {"enabled": enabled, **{name: components[name] for name in ARG_NAMES if name in components}}
