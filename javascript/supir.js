@@ -26,6 +26,7 @@
         "SUPIR seed (-1: random)": "Seed of SUPIR's noise; -1 draws one (written in the infotext).",
         "Same seed as the image": "Use the generation seed of each image (in Extras: the seed in the image's infotext).",
         "Color fix": "Match the result's colours to the stage-1 image: wavelet (recommended), adain, or none.",
+        "Progressive (x2 passes: 3x = 2x then 1.5x)": "Enlarge in x2 passes, each a full SUPIR run on the previous pass's output (same seed); for factors beyond 2x.",
         "Stage 1 (denoise encoder)": "Clean the input with SUPIR's denoise encoder before sampling; turn off for clean inputs it over-smooths.",
     };
     if (typeof titles === "undefined") return; // hints.js not loaded (not inside the webui)

@@ -25,6 +25,8 @@ from supir_engine.infotext import (
     precision_label,
     resume_infotext,
 )
+from supir_engine.progressive import INFOTEXT_KEY as PROGRESSIVE_KEY
+from supir_engine.progressive import progressive_from_infotext, progressive_infotext
 from supir_engine.settings import (
     COLOR_FIXES,
     DEFAULT_NEGATIVE_PROMPT,
@@ -94,6 +96,7 @@ class SupirArgs:
     seed_from_image: bool = False
     color_fix: str = "wavelet"
     denoise_stage: bool = True
+    progressive: bool = False  # appended: the API's positional arguments keep their places
 
     def __post_init__(self) -> None:
         problems = []
@@ -209,6 +212,7 @@ def to_settings(args: SupirArgs, base: UpscaleSettings, caption: str, seed: int)
         s_noise=args.s_noise,
         color_fix=args.color_fix.lower(),
         denoise_stage=args.denoise_stage,
+        progressive=args.progressive,
         caption=caption,
         positive_prompt=args.positive_prompt,
         negative_prompt=args.negative_prompt,
@@ -258,12 +262,14 @@ ALL_INFOTEXT_KEYS: tuple[str, ...] = (
     BASE_KEY,
     BASE_LORA_KEY,
     RESUMED_KEY,
+    PROGRESSIVE_KEY,
 )
 # Fields read back from other keys (no key of their own): True when the ramp's start value is written.
 DERIVED_FIELDS: dict[str, Callable[[Mapping[str, str]], Any]] = {
     "enabled": lambda params: MODEL_KEY in params,
     "linear_cfg": lambda params: _has_value(params, _ENGINE_KEYS["cfg_scale_start"]),
     "linear_control": lambda params: _has_value(params, _ENGINE_KEYS["control_scale_start"]),
+    "progressive": progressive_from_infotext,
 }
 
 
@@ -303,6 +309,7 @@ def infotext_params(
     if precision:
         params[PRECISION_KEY] = precision
     params.update(plan_infotext(plan_notes))
+    params.update(progressive_infotext(settings))
     return params
 
 

@@ -59,6 +59,7 @@ class WebuiHost:
         self._depth = 0
         self._offload: Offload | None = None
         self.restore_failure: str | None = None  # set when the checkpoint could not go back to the GPU
+        self.pass_text = ""  # " pass 2/3" while a progressive run's passes run
 
     @property
     def will_restore(self) -> bool:
@@ -114,17 +115,24 @@ class WebuiHost:
         finally:
             self.release_device()
 
+    def begin_pass(self, index: int, count: int) -> None:
+        """A progressive run starts pass ``index`` of ``count``: the progress text names it."""
+        self.pass_text = f" pass {index}/{count}"
+        if index > 1 and self.total_bar is not None:
+            self.total_bar.next_pass()
+
     def progress(self, stage: str, step: int, total: int) -> None:
         state = shared.state
         name = STAGE_NAMES.get(stage, stage)
+        label = self.label + self.pass_text
         if stage == "sampling":
             state.sampling_steps = total
             state.sampling_step = step
-            state.textinfo = f"{self.label}: sampling step {step}/{total}"
+            state.textinfo = f"{label}: sampling step {step}/{total}"
             if self.total_bar is not None:
                 self.total_bar.sampling(step, total)
         else:
-            state.textinfo = f"{self.label}: {name}"
+            state.textinfo = f"{label}: {name}"
 
     def should_stop(self) -> bool:
         state = shared.state

@@ -29,6 +29,11 @@ class ImageShare:
         self.held = max(0, int(held))
         self._resized = False
 
+    def next_pass(self) -> None:
+        """A progressive run's next pass: its steps are added to the bar when it starts sampling."""
+        self.held = 0
+        self._resized = False
+
     def sampling(self, step: int, total: int) -> None:
         """SUPIR's ``progress("sampling", step, total)``: step 0 starts the stage, then one call a step."""
         bar = _bar()

@@ -87,6 +87,11 @@ def _components(defaults: SupirArgs, elem_id, is_img2img: bool, with_skip: bool)
             label="SUPIR preset",
             elem_id=elem_id("preset"),
         )
+    c["progressive"] = gr.Checkbox(
+        value=defaults.progressive,
+        label="Progressive (x2 passes: 3x = 2x then 1.5x)",
+        elem_id=elem_id("progressive"),
+    )
     if with_skip:  # present in txt2img too (hidden), so both tabs take the same argument list
         c["skip_img2img"] = gr.Checkbox(
             value=defaults.skip_img2img,
@@ -191,4 +196,4 @@ def extras_ui() -> dict[str, Any]:
     with InputAccordion(False, label="SUPIR", elem_id="extras_supir") as enabled:
         components = _components(defaults, lambda name: f"extras_supir_{name}", False, with_skip=False)
     components.pop("refresh_status")
-    return {"enabled": enabled, **components}
+    return {"enabled": enabled, **{name: components[name] for name in ARG_NAMES if name in components}}

@@ -185,6 +185,12 @@ class ProgressHost:
         self.report = report
         self.stop = stop
         self.run = RunProgress(steps)
+        self.pass_label = ""
+
+    def begin_pass(self, index: int, count: int) -> None:
+        """A progressive run starts pass ``index`` of ``count``: the bar starts again, labelled with it."""
+        self.pass_label = f"Pass {index}/{count}: "
+        self.run = RunProgress(self.run.steps)
 
     def acquire_device(self) -> None:
         pass
@@ -200,7 +206,10 @@ class ProgressHost:
             return
         self.run.update(stage, step, total)
         description = self.run.describe()
-        self.report(self.run.fraction, desc=description[:1].upper() + description[1:])
+        description = description[:1].upper() + description[1:]
+        if self.pass_label:
+            description = self.pass_label + description[:1].lower() + description[1:]
+        self.report(self.run.fraction, desc=description)
 
     def should_stop(self) -> bool:
         return self.stop.is_set()
@@ -448,6 +457,7 @@ def settings_from_controls(values: dict[str, Any]) -> UpscaleSettings:
             tile_stride=_optional_tile(values["tile_stride"]) if tile_size else None,
             vae_encoder_tile=_optional_tile(values["vae_encoder_tile"]),
             vae_decoder_tile=_optional_tile(values["vae_decoder_tile"]),
+            progressive=bool(values.get("progressive")),
         )
     except (TypeError, ValueError) as exc:
         raise gr.Error(f"invalid settings: {exc}") from exc
@@ -617,6 +627,7 @@ class SupirApp:
         tile_stride: float,
         vae_encoder_tile: float,
         vae_decoder_tile: float,
+        progressive: bool = False,
         request: gr.Request = None,
         progress=gr.Progress(),  # noqa: B008 - Gradio recognises the progress parameter by this default
     ) -> Outcome:
@@ -700,6 +711,9 @@ class SupirApp:
             info=LIGHTNING_NOTE,
         )
         c["scale"] = gr.Slider(1, 8, value=d.scale, step=0.5, label="Scale")
+        c["progressive"] = gr.Checkbox(
+            value=d.progressive, label="Progressive: x2 passes (3x = 2x then 1.5x), each a full run"
+        )
         c["caption"] = gr.Textbox(value="", label="Caption (describe the image)", lines=2)
         with gr.Accordion("Prompts", open=False):
             c["positive_prompt"] = gr.Textbox(value=d.positive_prompt, label="Positive prompt", lines=3)
@@ -859,6 +873,7 @@ CONTROL_ORDER = (
     "tile_stride",
     "vae_encoder_tile",
     "vae_decoder_tile",
+    "progressive",
 )
 
 

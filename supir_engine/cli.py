@@ -60,6 +60,7 @@ HELP = {
     "tile_stride": "sampler tile stride in latent pixels",
     "vae_encoder_tile": "VAE encoder tile (image px)",
     "vae_decoder_tile": "VAE decoder tile (latent px)",
+    "progressive": "enlarge in x2 passes (3x = 2x then 1.5x), each a full SUPIR run with the same seed",
 }
 
 # Weight storage dtypes: fp8 (float8_e4m3fn) stores UNet, control and text weights in one byte and

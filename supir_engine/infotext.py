@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .progressive import progressive_from_infotext, progressive_infotext
 from .settings import UpscaleSettings
 
 # (attribute, infotext key). Prompts are long and already in the webui's own infotext there.
@@ -59,6 +60,7 @@ def to_infotext(
         params[MODEL_KEY] = model_name
     if precision:
         params[PRECISION_KEY] = _format(precision)
+    params.update({k: _format(v) for k, v in progressive_infotext(settings).items()})
     params.update(plan_infotext(plan_notes))
     return params
 
@@ -94,13 +96,15 @@ def plan_infotext(notes: Sequence[str]) -> dict[str, str]:
 
 
 def from_infotext(params: Mapping[str, str], base: UpscaleSettings | None = None) -> UpscaleSettings:
-    """Settings from infotext keys; keys absent fall back to ``base`` (default settings)."""
+    """Settings from infotext keys; keys absent fall back to ``base`` (default settings), except the
+    progressive key, which is written only for progressive runs: without it, progressive is off."""
     base = base or UpscaleSettings()
     types = {f.name: f.type for f in dataclasses.fields(UpscaleSettings)}
     changes: dict[str, Any] = {}
     for attr, key in INFOTEXT_FIELDS:
         if key in params:
             changes[attr] = _parse(str(params[key]), types[attr])
+    changes["progressive"] = progressive_from_infotext(params)
     return base.replace(**changes)
 
 

@@ -369,6 +369,10 @@ class SUPIRPipeline:
         Also runs under a fake-tensor mode (memory benchmarks): the image it returns is then blank.
         """
         settings = settings or UpscaleSettings()
+        if settings.progressive:  # a chain of full runs; a stopped chain starts again (no sampler states)
+            from .progressive import upscale_progressive
+
+            return upscale_progressive(self, image, settings, host)
         resume_run = None if resume is None else ResumeRun(resume, image, settings.seed, self)
         settings = settings.replace(seed=resolve_seed(settings.seed))
         host = host or NullHost()

@@ -100,6 +100,15 @@ class TqdmHost:
         self.label = label
         self.run = RunProgress(steps)
         self._bar: tqdm | None = None
+        self._pass = ""
+
+    def begin_pass(self, index: int, count: int) -> None:
+        """A progressive run starts pass ``index`` of ``count``: the bar starts again, labelled with it."""
+        self._pass = f" (pass {index}/{count})"
+        self.run = RunProgress(self.run.steps)
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def acquire_device(self) -> None:
         pass
@@ -115,7 +124,9 @@ class TqdmHost:
             # smoothing=0: the rate (and so the time left) is the average over the whole run.
             self._bar = tqdm(total=self.run.total, unit="u", leave=False, smoothing=0, dynamic_ncols=True)
         self._bar.total = self.run.total
-        self._bar.set_description_str(f"{self.label}: {STAGE_LABELS.get(stage, stage)}", refresh=False)
+        self._bar.set_description_str(
+            f"{self.label}{self._pass}: {STAGE_LABELS.get(stage, stage)}", refresh=False
+        )
         self._bar.n = self.run.done
         self._bar.refresh()
 

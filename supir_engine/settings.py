@@ -53,6 +53,7 @@ class UpscaleSettings:
     tile_stride: int | None = None
     vae_encoder_tile: int | None = None  # image pixels; None = untiled
     vae_decoder_tile: int | None = None  # latent pixels; None = untiled
+    progressive: bool = False  # x2 passes up to ``scale``, each a full run (progressive.py)
 
     def __post_init__(self) -> None:
         problems = []
