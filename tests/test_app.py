@@ -63,6 +63,7 @@ UPSCALE_INPUTS = {
     "tile_stride": 64,
     "vae_encoder_tile": 0,
     "vae_decoder_tile": 0,
+    "tile_prompts": "",
 }
 
 
@@ -224,6 +225,20 @@ def test_upscale_endpoint_returns_the_image_and_its_parameters(client, small_png
         assert result.size == (192, 128)  # 64x48 x3 = 192x144, sides rounded to multiples of 32
         assert "SUPIR seed: 11" in result.info["parameters"]
     assert "SUPIR sampler: restore_dpmpp_2m" in parameters and "64x48 -> 192x128" in parameters
+
+
+def test_tile_prompts_reach_the_run_and_the_grid_endpoint(client, small_png):
+    tiles = {"tile_size": 8, "tile_stride": 4, "tile_prompts": "sky\n1,3: a roof"}
+    image, parameters = upscale(client, small_png, **tiles)
+    assert 'SUPIR tile prompts: "[\\"sky\\", \\"1,3: a roof\\"]"' in parameters
+    preview, text = client.predict(
+        file_arg(small_png), *{**UPSCALE_INPUTS, **tiles}.values(), api_name="/tile_grid"
+    )
+    with Image.open(result_path(preview)) as picture:
+        assert picture.size == (128, 96)  # 64x48 x2, the output's shape
+    assert (
+        "2 x 3 = 6 tiles over 128x96 px" in text and "- 3 (1,3): a roof" in text and "- 1 (1,1): sky" in text
+    )
 
 
 @NEEDS_GRADIO
