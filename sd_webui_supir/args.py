@@ -23,6 +23,13 @@ from supir_engine.infotext import (
     plan_notes,
     precision_label,
 )
+from supir_engine.regions import (
+    TILE_PROMPTS_KEY,
+    format_tile_prompts,
+    is_addressed,
+    parse_addressed,
+    read_tile_prompts,
+)
 from supir_engine.settings import (
     COLOR_FIXES,
     DEFAULT_NEGATIVE_PROMPT,
@@ -92,9 +99,10 @@ class SupirArgs:
     seed_from_image: bool = False
     color_fix: str = "wavelet"
     denoise_stage: bool = True
+    tile_prompts: str = ""  # one caption per sampler tile, a line each (see supir_engine.regions)
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = tile_prompt_problems(self.tile_prompts)
         if model_variant(self.model) is None:
             problems.append(f"model must be one of {', '.join(MODEL_NAMES)}, got {self.model!r}")
         if self.prompt_source not in PROMPT_SOURCES:
@@ -154,6 +162,8 @@ def _coerce(name: str, value: Any) -> Any:
                 raise ValueError("not a whole number")
             return int(number)
         return number
+    if isinstance(value, list | tuple):  # the API's list of tile prompts
+        return "\n".join(str(v) for v in value)
     return str(value)
 
 
@@ -211,6 +221,7 @@ def to_settings(args: SupirArgs, base: UpscaleSettings, caption: str, seed: int)
         positive_prompt=args.positive_prompt,
         negative_prompt=args.negative_prompt,
         seed=seed,
+        tile_prompts=read_tile_prompts(args.tile_prompts),
     )
 
 
@@ -255,12 +266,14 @@ ALL_INFOTEXT_KEYS: tuple[str, ...] = (
     PLAN_KEY,
     BASE_KEY,
     BASE_LORA_KEY,
+    TILE_PROMPTS_KEY,
 )
 # Fields read back from other keys (no key of their own): True when the ramp's start value is written.
 DERIVED_FIELDS: dict[str, Callable[[Mapping[str, str]], Any]] = {
     "enabled": lambda params: MODEL_KEY in params,
     "linear_cfg": lambda params: _has_value(params, _ENGINE_KEYS["cfg_scale_start"]),
     "linear_control": lambda params: _has_value(params, _ENGINE_KEYS["control_scale_start"]),
+    "tile_prompts": lambda params: pasted_tile_prompts(params.get(TILE_PROMPTS_KEY)),
 }
 
 
@@ -300,6 +313,8 @@ def infotext_params(
     if precision:
         params[PRECISION_KEY] = precision
     params.update(plan_infotext(plan_notes))
+    if settings.tile_prompts:
+        params[TILE_PROMPTS_KEY] = format_tile_prompts(settings.tile_prompts)
     return params
 
 
@@ -324,3 +339,22 @@ def paste_value(name: str, params: Mapping[str, str]) -> Any:
     if not _has_value(params, key):
         return None
     return _coerce(name, params[key])
+
+
+def tile_prompt_problems(text: str) -> list[str]:
+    """What is wrong with the tile prompts' text (a JSON list or lines); empty when they can be used."""
+    try:
+        entries = read_tile_prompts(str(text))
+        for entry in entries:
+            if is_addressed(entry):
+                parse_addressed(entry)
+    except ValueError as exc:
+        return [f"tile_prompts: {exc}"]
+    return []
+
+
+def pasted_tile_prompts(value: Any) -> str | None:
+    """The tile prompts textbox's text from a pasted infotext value (None: not in the infotext)."""
+    if value is None or tile_prompt_problems(str(value)):
+        return None
+    return "\n".join(read_tile_prompts(str(value)))

@@ -210,6 +210,8 @@ def read_tile_prompts(value: str) -> tuple[str, ...]:
     """Prompt entries from an infotext value: the JSON list written by ``format_tile_prompts`` or, typed by
     hand, lines separated by newlines."""
     text = value.strip()
+    if text.startswith('"'):  # still quoted as the infotext line writes it
+        text = str(json.loads(text)).strip()
     if text.startswith("["):
         try:
             items = json.loads(text)

@@ -228,16 +228,16 @@ def test_upscale_endpoint_returns_the_image_and_its_parameters(client, small_png
 
 
 def test_tile_prompts_reach_the_run_and_the_grid_endpoint(client, small_png):
-    tiles = {"tile_size": 8, "tile_stride": 4, "tile_prompts": "sky\n1,3: a roof"}
+    tiles = {"scale": 4, "tile_size": 16, "tile_stride": 8, "tile_prompts": "sky\n1,3: a roof"}
     image, parameters = upscale(client, small_png, **tiles)
     assert 'SUPIR tile prompts: "[\\"sky\\", \\"1,3: a roof\\"]"' in parameters
     preview, text = client.predict(
         file_arg(small_png), *{**UPSCALE_INPUTS, **tiles}.values(), api_name="/tile_grid"
     )
     with Image.open(result_path(preview)) as picture:
-        assert picture.size == (128, 96)  # 64x48 x2, the output's shape
+        assert picture.size == (256, 192)  # 64x48 x4, the output's shape
     assert (
-        "2 x 3 = 6 tiles over 128x96 px" in text and "- 3 (1,3): a roof" in text and "- 1 (1,1): sky" in text
+        "2 x 3 = 6 tiles over 256x192 px" in text and "- 3 (1,3): a roof" in text and "- 1 (1,1): sky" in text
     )
 
 

@@ -32,7 +32,7 @@ from supir_engine.settings import DEFAULT_NEGATIVE_PROMPT, DEFAULT_POSITIVE_PROM
 
 def test_documented_argument_order():
     assert ARG_NAMES[:4] == ("enabled", "model", "scale", "skip_img2img")
-    assert ARG_NAMES.index("steps") == 8 and len(ARG_NAMES) == 23
+    assert ARG_NAMES.index("steps") == 8 and len(ARG_NAMES) == 24 and ARG_NAMES[-1] == "tile_prompts"
 
 
 def test_infotext_table_is_consistent():
@@ -41,7 +41,12 @@ def test_infotext_table_is_consistent():
     assert len(set(names)) == len(names) and len(set(keys)) == len(keys)
     assert set(names) <= set(ARG_NAMES) and all(k.startswith("SUPIR ") for k in keys)
     assert set(keys) <= set(ALL_INFOTEXT_KEYS)
-    assert set(ARG_NAMES) - set(names) == {"enabled", "linear_cfg", "linear_control"}  # derived on paste
+    assert set(ARG_NAMES) - set(names) == {
+        "enabled",
+        "linear_cfg",
+        "linear_control",
+        "tile_prompts",
+    }  # derived
 
 
 def test_values_are_coerced_and_none_keeps_the_default():
