@@ -28,6 +28,10 @@
         "Color fix": "Match the result's colours to the stage-1 image: wavelet (recommended), adain, or none.",
         "Progressive (x2 passes: 3x = 2x then 1.5x)": "Enlarge in x2 passes, each a full SUPIR run on the previous pass's output (same seed); for factors beyond 2x.",
         "Stage 1 (denoise encoder)": "Clean the input with SUPIR's denoise encoder before sampling; turn off for clean inputs it over-smooths.",
+        "Tile prompts (one line per sampler tile, row-major; 'row,col: text' names one tile)": "A caption per sampler tile (tiled sampling only): line 1 is tile 1,1, then along the row. An empty line, or a tile without a line, uses the caption. Show tile grid numbers the tiles.",
+        "Input width": "Width of the input the tile grid preview is drawn for.",
+        "Input height": "Height of the input the tile grid preview is drawn for.",
+        "Tile grid": "The sampler's tiles, numbered as the tile prompt lines count them.",
     };
     if (typeof titles === "undefined") return; // hints.js not loaded (not inside the webui)
     for (const [label, tip] of Object.entries(supirTitles)) {

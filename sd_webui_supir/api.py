@@ -64,6 +64,13 @@ class UpscaleRequest(BaseModel):
     args: dict[str, Any] = Field(
         default_factory=dict, description="arguments by name, see GET /supir/v1/args"
     )
+    tile_prompts: list[str] | None = Field(
+        None,
+        description=(
+            "one caption per sampler tile, row-major ('row,col: text' names one tile; '' keeps the caption); "
+            "the same as args.tile_prompts"
+        ),
+    )
 
 
 class UpscaleResponse(BaseModel):
@@ -137,9 +144,10 @@ def upscale(req: UpscaleRequest) -> UpscaleResponse:
                 known = ", ".join(PRESETS)
                 raise ArgumentError(f"preset must be one of {known}, got {req.preset!r}") from None
             defaults = with_preset(defaults, req.preset)
-        args = from_mapping(
-            {**req.args, "model": req.args.get("model", req.model), "enabled": True}, defaults
-        )
+        values = {**req.args, "model": req.args.get("model", req.model), "enabled": True}
+        if req.tile_prompts is not None:
+            values["tile_prompts"] = req.tile_prompts
+        args = from_mapping(values, defaults)
     except ArgumentError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from exc
     image = decode_image(req.image)

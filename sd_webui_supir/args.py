@@ -27,6 +27,13 @@ from supir_engine.infotext import (
 )
 from supir_engine.progressive import INFOTEXT_KEY as PROGRESSIVE_KEY
 from supir_engine.progressive import progressive_from_infotext, progressive_infotext
+from supir_engine.regions import (
+    TILE_PROMPTS_KEY,
+    format_tile_prompts,
+    is_addressed,
+    parse_addressed,
+    read_tile_prompts,
+)
 from supir_engine.settings import (
     COLOR_FIXES,
     DEFAULT_NEGATIVE_PROMPT,
@@ -97,9 +104,10 @@ class SupirArgs:
     color_fix: str = "wavelet"
     denoise_stage: bool = True
     progressive: bool = False  # appended: the API's positional arguments keep their places
+    tile_prompts: str = ""  # one caption per sampler tile, a line each (see supir_engine.regions)
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = tile_prompt_problems(self.tile_prompts)
         if model_variant(self.model) is None:
             problems.append(f"model must be one of {', '.join(MODEL_NAMES)}, got {self.model!r}")
         if self.prompt_source not in PROMPT_SOURCES:
@@ -159,6 +167,8 @@ def _coerce(name: str, value: Any) -> Any:
                 raise ValueError("not a whole number")
             return int(number)
         return number
+    if isinstance(value, list | tuple):  # the API's list of tile prompts
+        return "\n".join(str(v) for v in value)
     return str(value)
 
 
@@ -217,6 +227,7 @@ def to_settings(args: SupirArgs, base: UpscaleSettings, caption: str, seed: int)
         positive_prompt=args.positive_prompt,
         negative_prompt=args.negative_prompt,
         seed=seed,
+        tile_prompts=read_tile_prompts(args.tile_prompts),
     )
 
 
@@ -263,6 +274,7 @@ ALL_INFOTEXT_KEYS: tuple[str, ...] = (
     BASE_LORA_KEY,
     RESUMED_KEY,
     PROGRESSIVE_KEY,
+    TILE_PROMPTS_KEY,
 )
 # Fields read back from other keys (no key of their own): True when the ramp's start value is written.
 DERIVED_FIELDS: dict[str, Callable[[Mapping[str, str]], Any]] = {
@@ -270,6 +282,7 @@ DERIVED_FIELDS: dict[str, Callable[[Mapping[str, str]], Any]] = {
     "linear_cfg": lambda params: _has_value(params, _ENGINE_KEYS["cfg_scale_start"]),
     "linear_control": lambda params: _has_value(params, _ENGINE_KEYS["control_scale_start"]),
     "progressive": progressive_from_infotext,
+    "tile_prompts": lambda params: pasted_tile_prompts(params.get(TILE_PROMPTS_KEY)),
 }
 
 
@@ -310,6 +323,8 @@ def infotext_params(
         params[PRECISION_KEY] = precision
     params.update(plan_infotext(plan_notes))
     params.update(progressive_infotext(settings))
+    if settings.tile_prompts:
+        params[TILE_PROMPTS_KEY] = format_tile_prompts(settings.tile_prompts)
     return params
 
 
@@ -335,3 +350,22 @@ def paste_value(name: str, params: Mapping[str, str]) -> Any:
     if not _has_value(params, key):
         return None
     return _coerce(name, params[key])
+
+
+def tile_prompt_problems(text: str) -> list[str]:
+    """What is wrong with the tile prompts' text (a JSON list or lines); empty when they can be used."""
+    try:
+        entries = read_tile_prompts(str(text))
+        for entry in entries:
+            if is_addressed(entry):
+                parse_addressed(entry)
+    except ValueError as exc:
+        return [f"tile_prompts: {exc}"]
+    return []
+
+
+def pasted_tile_prompts(value: Any) -> str | None:
+    """The tile prompts textbox's text from a pasted infotext value (None: not in the infotext)."""
+    if value is None or tile_prompt_problems(str(value)):
+        return None
+    return "\n".join(read_tile_prompts(str(value)))

@@ -26,6 +26,7 @@ from .args import (
 )
 from .options import PRESETS, default_args, opt
 from .runner import model_status
+from .tile_ui import tile_prompt_components
 
 REFRESH_SYMBOL = "\U0001f504"  # the webui's refresh button
 
@@ -111,6 +112,7 @@ def _components(defaults: SupirArgs, elem_id, is_img2img: bool, with_skip: bool)
         )
     with gr.Accordion("Advanced", open=False, elem_id=elem_id("advanced")):
         _advanced(c, defaults, elem_id)
+        tile_prompt_components(c, defaults, elem_id)
     preset.change(preset_values, inputs=[preset], outputs=[c[name] for name in PRESET_FIELDS])
     return c
 

@@ -29,6 +29,7 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from .app_media import add_media_section
+from .app_tiles import TILE_PROMPTS_INFO, TILE_PROMPTS_LABEL, preview_tiles, tile_prompt_entries
 from .checkpoints import LoadOptions
 from .device_policy import precision_for
 from .device_select import pick_device
@@ -297,6 +298,10 @@ class Engine:
         self._state = f"{name} ready ({request.dtype}, loaded in {self._loaded.seconds:.1f} s)"
         return pipeline
 
+    def loaded_pipeline(self) -> Any | None:
+        """The pipeline loaded now, if any (its memory plan decides the tiles of the next run)."""
+        return None if self._loaded is None else self._loaded.pipeline
+
     def upscale(self, image: Image.Image, settings: UpscaleSettings, request: RunRequest, host: ProgressHost):
         """Run on the device once every earlier run has finished, loading the model first if needed."""
         with self._device_lock:
@@ -458,6 +463,7 @@ def settings_from_controls(values: dict[str, Any]) -> UpscaleSettings:
             vae_encoder_tile=_optional_tile(values["vae_encoder_tile"]),
             vae_decoder_tile=_optional_tile(values["vae_decoder_tile"]),
             progressive=bool(values.get("progressive")),
+            tile_prompts=tile_prompt_entries(values.get("tile_prompts")),
         )
     except (TypeError, ValueError) as exc:
         raise gr.Error(f"invalid settings: {exc}") from exc
@@ -628,6 +634,7 @@ class SupirApp:
         vae_encoder_tile: float,
         vae_decoder_tile: float,
         progressive: bool = False,
+        tile_prompts: str = "",
         request: gr.Request = None,
         progress=gr.Progress(),  # noqa: B008 - Gradio recognises the progress parameter by this default
     ) -> Outcome:
@@ -658,6 +665,16 @@ class SupirApp:
             upscale, seed, steps, prompt_cfg, s2_str, noise, a_prompt, n_prompt, self.engine.options.min_size
         )
         return self.run(input_image, settings, self.engine.default_request(), request, progress)
+
+    def tile_grid(self, image: Any, *values: Any) -> tuple[Image.Image, str]:
+        """The sampler's tile grid over ``image`` (numbered as the tile prompt lines count) and each tile's
+        caption; takes the same inputs as ``upscale``."""
+        settings = settings_from_controls(dict(zip(CONTROL_ORDER, values)))
+        try:
+            picture = read_image(upload_path(image), settings)
+        except ImageError as exc:
+            raise gr.Error(str(exc)) from exc
+        return preview_tiles(picture, settings, self.engine.loaded_pipeline())
 
     def stop(self, request: gr.Request = None) -> str:
         """Stop the caller's running upscale (within one sampler step)."""
@@ -695,6 +712,13 @@ class SupirApp:
                 **self.compat.undocumented("preset_values"),
             )
             self._events(blocks, image, inputs, (run_button, stop_button), comparison, download, info, status)
+            controls["show_tiles"].click(
+                self.tile_grid,
+                inputs=[image, *inputs],
+                outputs=[controls["tile_preview"], controls["tile_text"]],
+                api_name="tile_grid",
+                queue=False,
+            )
             self._api(inputs)
             add_media_section(self, inputs)
         return blocks
@@ -754,6 +778,17 @@ class SupirApp:
                 c["memory_policy"] = gr.Dropdown(
                     memory_policies(), value=options.memory or "default", label="Memory policy"
                 )
+        with gr.Accordion("Tile prompts", open=False):
+            c["tile_prompts"] = gr.Textbox(
+                value="",
+                label=TILE_PROMPTS_LABEL,
+                info=TILE_PROMPTS_INFO,
+                lines=3,
+                elem_id="supir_tile_prompts",
+            )
+            c["show_tiles"] = gr.Button("Show tile grid", elem_id="supir_show_tiles")
+            c["tile_preview"] = gr.Image(label="Tile grid", type="pil", elem_id="supir_tile_preview")
+            c["tile_text"] = gr.Markdown(elem_id="supir_tile_text")
         return c
 
     def _comparison(self) -> list[Any]:
@@ -874,6 +909,7 @@ CONTROL_ORDER = (
     "vae_encoder_tile",
     "vae_decoder_tile",
     "progressive",
+    "tile_prompts",
 )
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from .choices import MEMORY_POLICIES as POLICIES
 from .choices import PRECISIONS, STORAGE_DTYPE_NAMES
+from .cli_tiles import OWN_FLAGS, add_tile_prompt_flags, show_tiles, tile_prompts_from_args
 from .device_select import pick_device, storage_dtype
 from .errors import CancelledError, SupirError
 from .resume_options import DEFAULT_EVERY_STEPS, DEFAULT_MAX_BYTES, ResumeOptions, weights_identity
@@ -184,8 +185,11 @@ def add_upscale_parser(commands) -> None:
         "and, without inputs, a generated test image: shows that the installation works end to end",
     )
     add_resume_arguments(up)
+    add_tile_prompt_flags(up)
     defaults = preset("quality")
     for f in dataclasses.fields(UpscaleSettings):
+        if f.name in OWN_FLAGS:
+            continue
         flag = "--" + f.name.replace("_", "-")
         # default=None: an explicit value overrides the preset; help shows the default preset's value.
         text = f"{HELP.get(f.name, f.name)} (quality preset: {getattr(defaults, f.name)!r})"
@@ -412,9 +416,12 @@ def settings_from_args(args: argparse.Namespace) -> UpscaleSettings:
     explicit = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(UpscaleSettings)
-        if getattr(args, f.name) is not None
+        if f.name not in OWN_FLAGS and getattr(args, f.name, None) is not None
     }
     try:
+        entries = tile_prompts_from_args(args)
+        if entries:
+            explicit["tile_prompts"] = entries
         return preset(args.preset, **explicit)
     except ValueError as exc:
         raise SupirError(str(exc)) from exc
@@ -546,6 +553,8 @@ def upscale_files(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     resume_from_args(args, "")  # bad values fail before anything loads
     batch = prepare_batch(args, settings)
+    if getattr(args, "show_tiles", False):
+        return show_tiles(batch.jobs, settings)
     failures = batch.failures
     if batch.jobs:
         sdxl, supir = resolve_model_files(args)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .progressive import progressive_from_infotext, progressive_infotext
+from .regions import TILE_PROMPTS_KEY, format_tile_prompts, read_tile_prompts
 from .settings import UpscaleSettings
 
 # (attribute, infotext key). Prompts are long and already in the webui's own infotext there.
@@ -56,6 +57,7 @@ def to_infotext(
     how the memory plan changed the tiling, under PLAN_KEY.
     """
     params = {key: _format(getattr(settings, attr)) for attr, key in INFOTEXT_FIELDS}
+    params.update(tile_prompts_infotext(settings))
     if model_name:
         params[MODEL_KEY] = model_name
     if precision:
@@ -105,7 +107,16 @@ def from_infotext(params: Mapping[str, str], base: UpscaleSettings | None = None
         if key in params:
             changes[attr] = _parse(str(params[key]), types[attr])
     changes["progressive"] = progressive_from_infotext(params)
+    if TILE_PROMPTS_KEY in params:
+        changes["tile_prompts"] = read_tile_prompts(_parse(str(params[TILE_PROMPTS_KEY]), "str"))
     return base.replace(**changes)
+
+
+def tile_prompts_infotext(settings: UpscaleSettings) -> dict[str, str]:
+    """``{TILE_PROMPTS_KEY: JSON list}`` when the run had tile prompts, else nothing."""
+    if not settings.tile_prompts:
+        return {}
+    return {TILE_PROMPTS_KEY: _format(format_tile_prompts(settings.tile_prompts))}
 
 
 def _format(value: Any) -> str:

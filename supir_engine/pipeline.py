@@ -33,7 +33,8 @@ from .memory.host_heap import release_free_heap
 from .models import SUPIRModel
 from .models.vae import FirstStage, split_moments
 from .oom import drop_frames, empty_device_cache, is_out_of_memory
-from .preprocess import prepare_image, to_pil
+from .preprocess import prepare_image, target_size, to_pil
+from .regions import TileGrid, assign_captions, grid_for_output, per_tile_conditionings, tile_texts
 from .resume_options import ResumeOptions
 from .resume_run import ResumeRun
 from .sampling import (
@@ -337,6 +338,45 @@ class SUPIRPipeline:
             uc = conditioner([settings.negative_prompt])
         return (*c, *uc)
 
+    def _regional(
+        self,
+        settings: UpscaleSettings,
+        output_hw: tuple[int, int],
+        cond: Conditioning,
+        host: Host,
+        timings: dict[str, float],
+        notes: list[str],
+    ) -> Conditioning | list[Conditioning]:
+        """One conditioning per sampler tile from ``settings.tile_prompts``; tiles without a prompt of their
+        own keep ``cond`` itself (the global caption's)."""
+        tile = None if settings.tile_size is None else (settings.tile_size, settings.tile_stride)
+        grid = grid_for_output(output_hw, tile)
+        assigned = assign_captions(settings.tile_prompts, grid)
+        for note in assigned.notes:
+            log.info("tile prompts: %s", note)
+        notes.extend(assigned.notes)
+        if not assigned.regional:
+            return cond
+        texts = tile_texts(assigned.captions, settings.caption, settings.positive_prompt)
+        conditioner = self.model.conditioner
+
+        def encode(text: str) -> Conditioning:
+            crossattn, vector = conditioner([text])
+            return Conditioning(crossattn.to(self.device), vector.to(self.device), cond.control)
+
+        with self._stage("text", host, timings, streamed=(conditioner,)):
+            conditioner.compute_device, conditioner.compute_dtype = self.device, self.text_dtype
+            per_tile = per_tile_conditionings(texts, settings.positive_text, cond, encode)
+        return per_tile[0] if grid.tile is None else per_tile
+
+    def tile_grid(self, image_size: tuple[int, int], settings: UpscaleSettings | None = None) -> TileGrid:
+        """The sampler tiles of an input of ``image_size`` (width, height) pixels, in output pixels, as the
+        memory plan would choose them now (``auto`` plans with the device's free memory at this moment)."""
+        settings = settings or UpscaleSettings()
+        w, h = image_size
+        output_hw = target_size(h, w, settings.scale, settings.min_size, settings.alignment)
+        return grid_for_output(output_hw, self.plan_memory(output_hw, settings).tile)
+
     def plan_memory(self, output_hw: tuple[int, int], settings: UpscaleSettings) -> MemoryPlan:
         """How the next run at ``output_hw`` pixels will use the device (the policy resolved)."""
         workload = Workload.of(self.model, output_hw, settings, self.dtype, self.vae_dtype)
@@ -430,8 +470,11 @@ class SUPIRPipeline:
         noise = generator_noise(generator)
         anchor = sample_anchor(stage1, noise, self.scale_factor).to(self.device, torch.float32)
         control = stage1.control.to(self.device, torch.float32)
+        cond = Conditioning(crossattn.to(self.device), vector.to(self.device), control)
+        if settings.tile_prompts:
+            cond = self._regional(settings, tuple(lq.shape[-2:]), cond, host, timings, notes)
         guided = GuidedConditioning(
-            Conditioning(crossattn.to(self.device), vector.to(self.device), control),
+            cond,
             Conditioning(un_crossattn.to(self.device), un_vector.to(self.device), control),
             anchor,
         )

@@ -54,6 +54,7 @@ class UpscaleSettings:
     vae_encoder_tile: int | None = None  # image pixels; None = untiled
     vae_decoder_tile: int | None = None  # latent pixels; None = untiled
     progressive: bool = False  # x2 passes up to ``scale``, each a full run (progressive.py)
+    tile_prompts: tuple[str, ...] = ()  # per-tile captions, see regions.py; () = the caption everywhere
 
     def __post_init__(self) -> None:
         problems = []
@@ -69,6 +70,7 @@ class UpscaleSettings:
             problems.append(f"alignment must be a positive multiple of 8, got {self.alignment}")
         if self.sampler == "restore_dpmpp_2m" and self.eta < 0:
             problems.append("eta must be >= 0")
+        problems += _tile_prompt_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -82,6 +84,26 @@ class UpscaleSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _tile_prompt_problems(settings: UpscaleSettings) -> list[str]:
+    """Checks ``tile_prompts`` (a list is stored as a tuple); addressed lines must parse."""
+    entries = settings.tile_prompts
+    if isinstance(entries, str) or not all(isinstance(e, str) for e in entries):
+        return [f"tile_prompts must be a list of strings (one per tile), got {entries!r}"]
+    object.__setattr__(settings, "tile_prompts", tuple(entries))
+    if not entries:
+        return []
+    from .regions import is_addressed, parse_addressed  # imports torch: only when there are tile prompts
+
+    problems = []
+    for entry in entries:
+        if is_addressed(entry):
+            try:
+                parse_addressed(entry)
+            except ValueError as exc:
+                problems.append(str(exc))
+    return problems
 
 
 # Parameter presets. Sources (Fanghua-Yu/SUPIR):

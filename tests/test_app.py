@@ -63,6 +63,7 @@ UPSCALE_INPUTS = {
     "tile_stride": 64,
     "vae_encoder_tile": 0,
     "vae_decoder_tile": 0,
+    "tile_prompts": "",
 }
 
 
@@ -224,6 +225,20 @@ def test_upscale_endpoint_returns_the_image_and_its_parameters(client, small_png
         assert result.size == (192, 128)  # 64x48 x3 = 192x144, sides rounded to multiples of 32
         assert "SUPIR seed: 11" in result.info["parameters"]
     assert "SUPIR sampler: restore_dpmpp_2m" in parameters and "64x48 -> 192x128" in parameters
+
+
+def test_tile_prompts_reach_the_run_and_the_grid_endpoint(client, small_png):
+    tiles = {"scale": 4, "tile_size": 16, "tile_stride": 8, "tile_prompts": "sky\n1,3: a roof"}
+    image, parameters = upscale(client, small_png, **tiles)
+    assert 'SUPIR tile prompts: "[\\"sky\\", \\"1,3: a roof\\"]"' in parameters
+    preview, text = client.predict(
+        file_arg(small_png), *{**UPSCALE_INPUTS, **tiles}.values(), api_name="/tile_grid"
+    )
+    with Image.open(result_path(preview)) as picture:
+        assert picture.size == (256, 192)  # 64x48 x4, the output's shape
+    assert (
+        "2 x 3 = 6 tiles over 256x192 px" in text and "- 3 (1,3): a roof" in text and "- 1 (1,1): sky" in text
+    )
 
 
 @NEEDS_GRADIO

@@ -32,7 +32,8 @@ from supir_engine.settings import DEFAULT_NEGATIVE_PROMPT, DEFAULT_POSITIVE_PROM
 
 def test_documented_argument_order():
     assert ARG_NAMES[:4] == ("enabled", "model", "scale", "skip_img2img")
-    assert ARG_NAMES.index("steps") == 8 and len(ARG_NAMES) == 24
+    assert ARG_NAMES.index("steps") == 8 and len(ARG_NAMES) == 25
+    assert ARG_NAMES[-2:] == ("progressive", "tile_prompts")
 
 
 def test_infotext_table_is_consistent():
@@ -41,7 +42,7 @@ def test_infotext_table_is_consistent():
     assert len(set(names)) == len(names) and len(set(keys)) == len(keys)
     assert set(names) <= set(ARG_NAMES) and all(k.startswith("SUPIR ") for k in keys)
     assert set(keys) <= set(ALL_INFOTEXT_KEYS)
-    derived = {"enabled", "linear_cfg", "linear_control", "progressive"}  # read back from other keys
+    derived = {"enabled", "linear_cfg", "linear_control", "progressive", "tile_prompts"}  # from other keys
     assert set(ARG_NAMES) - set(names) == derived
 
 
