@@ -63,6 +63,7 @@ UPSCALE_INPUTS = {
     "tile_stride": 64,
     "vae_encoder_tile": 0,
     "vae_decoder_tile": 0,
+    "progressive": False,
     "tile_prompts": "",
 }
 
