@@ -53,6 +53,8 @@ class UpscaleSettings:
     tile_stride: int | None = None
     vae_encoder_tile: int | None = None  # image pixels; None = untiled
     vae_decoder_tile: int | None = None  # latent pixels; None = untiled
+    pre_upscaler: str = "lanczos"  # lanczos, bicubic, an upscaler model file, or a host's upscaler name
+    pre_upscale_tile: int | None = None  # input pixels; None = from the free device memory
 
     def __post_init__(self) -> None:
         problems = []
@@ -68,6 +70,10 @@ class UpscaleSettings:
             problems.append(f"alignment must be a positive multiple of 8, got {self.alignment}")
         if self.sampler == "restore_dpmpp_2m" and self.eta < 0:
             problems.append("eta must be >= 0")
+        if not self.pre_upscaler.strip():
+            problems.append("pre_upscaler must be lanczos, bicubic or an upscaler model file, got ''")
+        if self.pre_upscale_tile is not None and self.pre_upscale_tile < 32:
+            problems.append(f"pre_upscale_tile must be at least 32 pixels, got {self.pre_upscale_tile}")
         if problems:
             raise ValueError("; ".join(problems))
 
