@@ -32,7 +32,7 @@ from supir_engine.settings import DEFAULT_NEGATIVE_PROMPT, DEFAULT_POSITIVE_PROM
 
 def test_documented_argument_order():
     assert ARG_NAMES[:4] == ("enabled", "model", "scale", "skip_img2img")
-    assert ARG_NAMES.index("steps") == 8 and len(ARG_NAMES) == 23
+    assert ARG_NAMES.index("steps") == 8 and len(ARG_NAMES) == 24
 
 
 def test_infotext_table_is_consistent():
