@@ -27,6 +27,7 @@
         "Same seed as the image": "Use the generation seed of each image (in Extras: the seed in the image's infotext).",
         "Color fix": "Match the result's colours to the stage-1 image: wavelet (recommended), adain, or none.",
         "Stage 1 (denoise encoder)": "Clean the input with SUPIR's denoise encoder before sampling; turn off for clean inputs it over-smooths.",
+        "Pre-upscaler": "How the image is enlarged before stage 1: lanczos (the original's), bicubic, or one of the webui's upscalers (ESRGAN, DAT, ...) for a sharper start.",
     };
     if (typeof titles === "undefined") return; // hints.js not loaded (not inside the webui)
     for (const [label, tip] of Object.entries(supirTitles)) {
