@@ -32,6 +32,7 @@
         "Input width": "Width of the input the tile grid preview is drawn for.",
         "Input height": "Height of the input the tile grid preview is drawn for.",
         "Tile grid": "The sampler's tiles, numbered as the tile prompt lines count them.",
+        "Pre-upscaler": "How the image is enlarged before stage 1: lanczos (the original's), bicubic, or one of the webui's upscalers (ESRGAN, DAT, ...) for a sharper start.",
     };
     if (typeof titles === "undefined") return; // hints.js not loaded (not inside the webui)
     for (const [label, tip] of Object.entries(supirTitles)) {

@@ -42,6 +42,7 @@ from supir_engine.settings import (
     UpscaleSettings,
     preset_controls,
 )
+from supir_engine.upscaler_files import is_model_file
 
 MODEL_NAMES = ("SUPIR-v0Q", "SUPIR-v0F")
 PROMPT_SOURCES = ("Generation prompt", "Custom caption", "None")
@@ -105,6 +106,7 @@ class SupirArgs:
     denoise_stage: bool = True
     progressive: bool = False  # appended: the API's positional arguments keep their places
     tile_prompts: str = ""  # one caption per sampler tile, a line each (see supir_engine.regions)
+    pre_upscaler: str = "lanczos"
 
     def __post_init__(self) -> None:
         problems = tile_prompt_problems(self.tile_prompts)
@@ -118,6 +120,11 @@ class SupirArgs:
             problems.append(f"sampler must be one of {', '.join(SAMPLER_NAMES)}, got {self.sampler!r}")
         if self.color_fix.lower() not in COLOR_FIXES:
             problems.append(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {self.color_fix!r}")
+        if not self.pre_upscaler.strip() or is_model_file(self.pre_upscaler):
+            problems.append(
+                "pre_upscaler must be lanczos, bicubic or the name of one of the webui's upscalers "
+                f"(GET /sdapi/v1/upscalers), got {self.pre_upscaler!r}"
+            )
         for name, limit in LIMITS.items():
             value = getattr(self, name)
             if not limit.minimum <= value <= limit.maximum:
@@ -228,6 +235,7 @@ def to_settings(args: SupirArgs, base: UpscaleSettings, caption: str, seed: int)
         negative_prompt=args.negative_prompt,
         seed=seed,
         tile_prompts=read_tile_prompts(args.tile_prompts),
+        pre_upscaler=args.pre_upscaler,
     )
 
 
@@ -258,6 +266,7 @@ INFOTEXT_KEYS: tuple[tuple[str, str], ...] = (
     ("seed_from_image", SEED_FROM_IMAGE_KEY),
     ("color_fix", _ENGINE_KEYS["color_fix"]),
     ("denoise_stage", _ENGINE_KEYS["denoise_stage"]),
+    ("pre_upscaler", _ENGINE_KEYS["pre_upscaler"]),
 )
 BASE_KEY = "SUPIR base"  # the SDXL base a run used (written by result_params; not pasted back)
 BASE_LORA_KEY = "SUPIR base LoRA"  # LoRAs merged into that base, and whether they were left out

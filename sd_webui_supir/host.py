@@ -25,6 +25,7 @@ from .total_progress import ImageShare
 log = logging.getLogger(__name__)
 
 STAGE_NAMES = {
+    "preupscale": "pre-upscale",
     "stage1": "stage 1 (denoise encoder)",
     "text": "text encoders",
     "sampling": "sampling",
@@ -133,6 +134,12 @@ class WebuiHost:
                 self.total_bar.sampling(step, total)
         else:
             state.textinfo = f"{label}: {name}"
+
+    def image_upscaler(self, name: str):
+        """One of the webui's upscalers as the engine's pre-upscaler (see pre_upscale.py), or None."""
+        from .pre_upscale import find
+
+        return find(name)
 
     def should_stop(self) -> bool:
         state = shared.state

@@ -14,6 +14,7 @@ from modules.ui_components import ToolButton
 
 from supir_engine.settings import COLOR_FIXES, PRESET_CONTROLS, SAMPLER_NAMES
 
+from . import pre_upscale
 from .args import (
     ARG_NAMES,
     DERIVED_FIELDS,
@@ -172,6 +173,12 @@ def _advanced(c: dict[str, Any], defaults: SupirArgs, elem_id) -> None:
         c["denoise_stage"] = gr.Checkbox(
             value=defaults.denoise_stage, label="Stage 1 (denoise encoder)", elem_id=elem_id("denoise_stage")
         )
+    c["pre_upscaler"] = gr.Dropdown(
+        pre_upscale.choices(),
+        value=defaults.pre_upscaler,
+        label="Pre-upscaler",
+        elem_id=elem_id("pre_upscaler"),
+    )
 
 
 def script_ui(script, is_img2img: bool) -> list[Any]:

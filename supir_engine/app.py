@@ -37,6 +37,7 @@ from .errors import CancelledError, CheckpointNotFoundError, SupirError
 from .infotext import infotext_line, result_infotext
 from .memory import budget_config
 from .model_cache import ModelCache
+from .pre_upscale import RESAMPLERS
 from .preprocess import MAX_PIXELS, MAX_SIDE, ImageError, check_size, target_size
 from .progress import RunProgress
 from .resume_options import ResumeOptions, weights_identity
@@ -50,6 +51,7 @@ from .settings import (
     preset,
     preset_controls,
 )
+from .upscaler_files import DEFAULT_UPSCALERS_DIR, resolve_choice, upscaler_choices
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,7 @@ class ServeOptions:
     vram_budget_gib: float | None = None  # device memory the memory policy plans with; None = free memory
     precision: str = "auto"  # compute precision: auto (from the device), fp32, fp16 or bf16
     resume: ResumeOptions | None = None  # where interrupted runs keep their sampler state; None: nowhere
+    upscalers_dir: Path | None = DEFAULT_UPSCALERS_DIR  # upscaler model files offered as pre-upscalers
 
     def __post_init__(self) -> None:
         if not self.supir:
@@ -464,6 +467,7 @@ def settings_from_controls(values: dict[str, Any]) -> UpscaleSettings:
             vae_decoder_tile=_optional_tile(values["vae_decoder_tile"]),
             progressive=bool(values.get("progressive")),
             tile_prompts=tile_prompt_entries(values.get("tile_prompts")),
+            pre_upscaler=resolve_choice(values.get("pre_upscaler") or "lanczos", values.get("upscalers_dir")),
         )
     except (TypeError, ValueError) as exc:
         raise gr.Error(f"invalid settings: {exc}") from exc
@@ -635,11 +639,12 @@ class SupirApp:
         vae_decoder_tile: float,
         progressive: bool = False,
         tile_prompts: str = "",
+        pre_upscaler: str = "lanczos",
         request: gr.Request = None,
         progress=gr.Progress(),  # noqa: B008 - Gradio recognises the progress parameter by this default
     ) -> Outcome:
         """Restore and upscale ``image`` with every setting; returns the PNG (parameters embedded)."""
-        values = dict(locals())
+        values = dict(locals(), upscalers_dir=self.engine.options.upscalers_dir)
         settings = settings_from_controls(values)
         policy = None if memory_policy in (None, "", "default") else memory_policy
         if model not in self.engine.options.supir:
@@ -773,6 +778,13 @@ class SupirApp:
                     0, 2048, value=0, step=64, label="VAE encoder tile (0: off)"
                 )
                 c["vae_decoder_tile"] = gr.Slider(0, 256, value=0, step=8, label="VAE decoder tile (0: off)")
+            c["pre_upscaler"] = gr.Dropdown(
+                upscaler_choices(options.upscalers_dir, RESAMPLERS),
+                value=d.pre_upscaler,
+                allow_custom_value=True,
+                label="Pre-upscaler (enlargement before stage 1)",
+                info="lanczos is the original's; model files come from the upscalers folder, or type a path",
+            )
             with gr.Row():
                 c["storage_dtype"] = gr.Dropdown(list(STORAGE_DTYPES), value=options.dtype, label="Weights")
                 c["memory_policy"] = gr.Dropdown(
@@ -910,6 +922,7 @@ CONTROL_ORDER = (
     "vae_decoder_tile",
     "progressive",
     "tile_prompts",
+    "pre_upscaler",
 )
 
 
@@ -1047,5 +1060,6 @@ def _serve_in(tmp: Path, args: Any, auth: tuple[str, str] | None) -> Engine:
         args.vram_budget,
         getattr(args, "precision", "auto"),
         resume_from_args(args, ""),
+        getattr(args, "upscalers_dir", None) or DEFAULT_UPSCALERS_DIR,
     )
     return serve(options, args.host, args.port, auth, demo=args.demo)

@@ -62,6 +62,9 @@ HELP = {
     "vae_encoder_tile": "VAE encoder tile (image px)",
     "vae_decoder_tile": "VAE decoder tile (latent px)",
     "progressive": "enlarge in x2 passes (3x = 2x then 1.5x), each a full SUPIR run with the same seed",
+    "pre_upscaler": "enlargement before stage 1: lanczos (the original's), bicubic, or an upscaler model "
+    "file (.safetensors or .pth: ESRGAN, SwinIR, DAT, Compact, ...)",
+    "pre_upscale_tile": "pre-upscale model tile (input px); default from the free device memory",
 }
 
 # Weight storage dtypes: fp8 (float8_e4m3fn) stores UNet, control and text weights in one byte and
@@ -277,6 +280,11 @@ def add_serve_parser(commands) -> None:
     )
     serve.add_argument("--auth", metavar="USER:PASSWORD", help="require this login")
     serve.add_argument("--output-dir", type=Path, help="also save every result PNG in this folder")
+    serve.add_argument(
+        "--upscalers-dir",
+        type=Path,
+        help="upscaler model files (.safetensors / .pth) offered as pre-upscalers (default models/upscalers)",
+    )
     serve.add_argument(
         "--min-size", type=int, help="default minimum short side (default 1024; 256 with --demo)"
     )

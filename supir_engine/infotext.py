@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .pre_upscale import label as pre_upscaler_label
 from .progressive import progressive_from_infotext, progressive_infotext
 from .regions import TILE_PROMPTS_KEY, format_tile_prompts, read_tile_prompts
 from .settings import UpscaleSettings
@@ -38,8 +39,10 @@ INFOTEXT_FIELDS: tuple[tuple[str, str], ...] = (
     ("caption", "SUPIR caption"),
     ("positive_prompt", "SUPIR positive prompt"),
     ("negative_prompt", "SUPIR negative prompt"),
+    ("pre_upscaler", "SUPIR pre-upscaler"),
 )
 MODEL_KEY = "SUPIR model"
+PRE_UPSCALER_KEY = "SUPIR pre-upscaler"  # a model file is written by its name only
 PRECISION_KEY = "SUPIR precision"  # what ran (Precision.label); informative, not read back
 PLAN_KEY = "SUPIR plan"  # written only when the memory plan changed the tiling (read back by nobody)
 RESUMED_KEY = "SUPIR resumed"  # "step k/n" when a run continued a saved sampler state (informative)
@@ -58,6 +61,7 @@ def to_infotext(
     """
     params = {key: _format(getattr(settings, attr)) for attr, key in INFOTEXT_FIELDS}
     params.update(tile_prompts_infotext(settings))
+    params[PRE_UPSCALER_KEY] = _format(pre_upscaler_label(settings.pre_upscaler))
     if model_name:
         params[MODEL_KEY] = model_name
     if precision:

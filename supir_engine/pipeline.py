@@ -33,7 +33,8 @@ from .memory.host_heap import release_free_heap
 from .models import SUPIRModel
 from .models.vae import FirstStage, split_moments
 from .oom import drop_frames, empty_device_cache, is_out_of_memory
-from .preprocess import prepare_image, target_size, to_pil
+from .pre_upscale import prepare_input
+from .preprocess import target_size, to_pil
 from .regions import TileGrid, assign_captions, grid_for_output, per_tile_conditionings, tile_texts
 from .resume_options import ResumeOptions
 from .resume_run import ResumeRun
@@ -302,6 +303,8 @@ class SUPIRPipeline:
             settings.denoise_stage,
             settings.vae_encoder_tile,
             settings.vae_decoder_tile,
+            settings.pre_upscaler,
+            settings.pre_upscale_tile,
             id(self.model),
             self.vae_dtype,
         )
@@ -447,7 +450,7 @@ class SUPIRPipeline:
         self, image: Image.Image, settings: UpscaleSettings, host: Host, timings, resume: ResumeRun | None
     ) -> UpscaleResult:
         start = time.perf_counter()
-        lq, _ = prepare_image(image, settings.scale, settings.min_size, settings.alignment)
+        lq, _ = prepare_input(image, settings, host, self.device, self.vae_dtype)
         timings["preprocess"] = time.perf_counter() - start
         plan = self.plan_memory(tuple(lq.shape[-2:]), settings)
         for note in plan.notes:

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from tqdm import tqdm
 
 # Work units of the stages other than sampling, in sampler steps.
-STAGE_WEIGHTS = {"stage1": 8, "text": 1, "decode": 6}
-STAGE_ORDER = ("stage1", "text", "sampling", "decode")
+STAGE_WEIGHTS = {"preupscale": 4, "stage1": 8, "text": 1, "decode": 6}
+STAGE_ORDER = ("preupscale", "stage1", "text", "sampling", "decode")
 STAGE_LABELS = {
     "load": "loading the model",
+    "preupscale": "pre-upscale",
     "stage1": "stage 1 (denoise encoder)",
     "text": "text conditioning",
     "sampling": "sampling",
@@ -60,7 +61,7 @@ class RunProgress:
         fraction = min(max(step / total, 0.0), 1.0) if total > 0 else 0.0
         self.done = self._offset(stage) + round(fraction * self._weight(stage))
         self.stage = stage
-        self.detail = f" {step}/{total}" if stage == "sampling" else ""
+        self.detail = f" {step}/{total}" if stage in ("sampling", STAGE_ORDER[0]) else ""
         return self.done
 
     @property

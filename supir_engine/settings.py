@@ -55,6 +55,8 @@ class UpscaleSettings:
     vae_decoder_tile: int | None = None  # latent pixels; None = untiled
     progressive: bool = False  # x2 passes up to ``scale``, each a full run (progressive.py)
     tile_prompts: tuple[str, ...] = ()  # per-tile captions, see regions.py; () = the caption everywhere
+    pre_upscaler: str = "lanczos"  # lanczos, bicubic, an upscaler model file, or a host's upscaler name
+    pre_upscale_tile: int | None = None  # input pixels; None = from the free device memory
 
     def __post_init__(self) -> None:
         problems = []
@@ -71,6 +73,10 @@ class UpscaleSettings:
         if self.sampler == "restore_dpmpp_2m" and self.eta < 0:
             problems.append("eta must be >= 0")
         problems += _tile_prompt_problems(self)
+        if not self.pre_upscaler.strip():
+            problems.append("pre_upscaler must be lanczos, bicubic or an upscaler model file, got ''")
+        if self.pre_upscale_tile is not None and self.pre_upscale_tile < 32:
+            problems.append(f"pre_upscale_tile must be at least 32 pixels, got {self.pre_upscale_tile}")
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -65,6 +65,7 @@ UPSCALE_INPUTS = {
     "vae_decoder_tile": 0,
     "progressive": False,
     "tile_prompts": "",
+    "pre_upscaler": "lanczos",
 }
 
 

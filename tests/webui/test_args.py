@@ -32,8 +32,8 @@ from supir_engine.settings import DEFAULT_NEGATIVE_PROMPT, DEFAULT_POSITIVE_PROM
 
 def test_documented_argument_order():
     assert ARG_NAMES[:4] == ("enabled", "model", "scale", "skip_img2img")
-    assert ARG_NAMES.index("steps") == 8 and len(ARG_NAMES) == 25
-    assert ARG_NAMES[-2:] == ("progressive", "tile_prompts")
+    assert ARG_NAMES.index("steps") == 8 and len(ARG_NAMES) == 26
+    assert ARG_NAMES[-3:] == ("progressive", "tile_prompts", "pre_upscaler")
 
 
 def test_infotext_table_is_consistent():

@@ -87,7 +87,7 @@ def test_upscaler_entries_are_added_where_the_webui_lists_only_its_own(webui, mo
 
 def test_upscaler_entries_and_hires_style_call(webui):
     by_name = {u.name: u for u in shared.sd_upscalers}
-    assert set(by_name) == {"SUPIR-v0Q", "SUPIR-v0F"}
+    assert set(by_name) == {"SUPIR-v0Q", "SUPIR-v0F", "None", "Lanczos", "Nearest"}
     data = by_name["SUPIR-v0F"]
     image = Image.new("RGB", (40, 24), "white")
     out = data.scaler.upscale(image, 2, data.data_path)
