@@ -16,14 +16,14 @@ VALUES = {
     "control_scale": 1.0, "linear_control": False, "control_scale_start": 0.0, "restoration_scale": -1.0,
     "s_churn": 0.0, "s_noise": 1.003, "seed": 1, "color_fix": "none", "denoise_stage": True, "caption": "",
     "positive_prompt": "", "negative_prompt": "", "tile_size": 8, "tile_stride": 4, "vae_encoder_tile": 0,
-    "vae_decoder_tile": 0, "tile_prompts": "",
+    "vae_decoder_tile": 0, "progressive": False, "tile_prompts": "", "pre_upscaler": "lanczos",
 }  # fmt: skip
 
 
 def test_textbox_lines_become_tile_prompts():
     from supir_engine.app import CONTROL_ORDER, settings_from_controls
 
-    assert list(CONTROL_ORDER) == list(VALUES)  # the API's positional order ends with tile_prompts
+    assert list(CONTROL_ORDER) == list(VALUES)  # the API's positional order
     settings = settings_from_controls({**VALUES, "tile_prompts": "sky\n\n2,1: sea\n\n"})
     assert settings.tile_prompts == ("sky", "", "2,1: sea")
     assert settings_from_controls({**VALUES, "tile_prompts": ["a", "b"]}).tile_prompts == ("a", "b")
