@@ -159,7 +159,9 @@ def _captured(pipeline, monkeypatch, settings):
     """(conditioning handed to the sampler, sampler settings, result) of one run, sampling skipped."""
     seen = {}
 
-    def fake_restore(denoiser, sampler, initial, guided, sampler_settings, steps, noise, callback=None):
+    def fake_restore(
+        denoiser, sampler, initial, guided, sampler_settings, steps, noise, callback=None, start=None
+    ):
         seen["guided"], seen["settings"] = guided, sampler_settings
         return initial
 
