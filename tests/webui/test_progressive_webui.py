@@ -18,12 +18,13 @@ from sd_webui_supir.total_progress import ImageShare
 from supir_engine.settings import UpscaleSettings
 
 
-def test_argument_is_appended_last():
-    assert ARG_NAMES[-1] == "progressive" and SupirArgs().progressive is False
-    values = [None] * len(ARG_NAMES)
-    values[-1] = True
+def test_argument_is_appended_after_the_original_ones():
+    index = ARG_NAMES.index("progressive")
+    assert index == 23 and SupirArgs().progressive is False
+    values = [None] * (index + 1)
+    values[index] = True
     assert from_values(values).progressive is True
-    assert from_values([None] * (len(ARG_NAMES) - 1)).progressive is False  # older callers
+    assert from_values([None] * index).progressive is False  # older callers
 
 
 def test_settings_infotext_and_paste_round_trip():

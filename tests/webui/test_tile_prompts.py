@@ -23,8 +23,9 @@ from supir_engine.settings import UpscaleSettings
 
 
 def test_tile_prompts_are_the_last_argument_and_lists_become_lines():
-    assert ARG_NAMES[-1] == "tile_prompts"
-    values = [None] * (len(ARG_NAMES) - 1) + [["sky", "", "2,1: sea"]]
+    index = ARG_NAMES.index("tile_prompts")
+    assert index == 24
+    values = [None] * index + [["sky", "", "2,1: sea"]]
     args = from_values(values)
     assert args.tile_prompts == "sky\n\n2,1: sea"
     assert to_settings(args, UpscaleSettings(), "", 1).tile_prompts == ("sky", "", "2,1: sea")
@@ -80,7 +81,7 @@ def test_accordion_has_the_textbox_last_and_a_preview(webui):
     from sd_webui_supir.tile_ui import tile_grid_preview
 
     script = scripts.scripts_txt2img.scripts[0]
-    assert script.controls[-1].elem_id == "script_txt2img_supir_tile_prompts"
+    assert script.controls[-2].elem_id == "script_txt2img_supir_tile_prompts"  # pre_upscaler comes last
     picture, text = tile_grid_preview(512, 256, 2, "left\nright")
     assert picture.size == (1024, 512)
     assert "- 1 (1,1): left" in text or "Untiled sampling" in text
