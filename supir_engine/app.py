@@ -467,7 +467,9 @@ def settings_from_controls(values: dict[str, Any]) -> UpscaleSettings:
             vae_decoder_tile=_optional_tile(values["vae_decoder_tile"]),
             progressive=bool(values.get("progressive")),
             tile_prompts=tile_prompt_entries(values.get("tile_prompts")),
-            pre_upscaler=resolve_choice(values.get("pre_upscaler") or "lanczos", values.get("upscalers_dir")),
+            pre_upscaler=resolve_choice(
+                values.get("pre_upscaler") or "lanczos", values.get("upscalers_dir"), allow_paths=False
+            ),
         )
     except (TypeError, ValueError) as exc:
         raise gr.Error(f"invalid settings: {exc}") from exc

@@ -123,10 +123,21 @@ def upscaler_choices(folder: Path | None, resamplers: tuple[str, ...]) -> list[s
     return [*resamplers, *(p.name for p in list_model_files(folder))]
 
 
-def resolve_choice(value: str, folder: Path | None) -> str:
+def resolve_choice(
+    value: str,
+    folder: Path | None,
+    allow_paths: bool = True,
+    resamplers: tuple[str, ...] = ("lanczos", "bicubic"),
+) -> str:
     """A dropdown value as a ``pre_upscaler`` setting: a file name in ``folder`` becomes its path; a
-    resampler name or a path typed by the user stays as it is."""
+    resampler name stays as it is, and so does a typed path where ``allow_paths`` (the CLI's user). A
+    served page passes ``allow_paths=False``: its callers pick the folder's files, never probe the server."""
     value = (value or "").strip()
     if folder is not None and value and Path(value).name == value and (folder / value).is_file():
         return str(folder / value)
-    return value
+    if allow_paths or value in resamplers:
+        return value
+    raise ValueError(
+        f"pre_upscaler must be {' or '.join(resamplers)} or a file of the upscaler models folder, "
+        f"got {value!r}"
+    )

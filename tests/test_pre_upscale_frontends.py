@@ -49,7 +49,12 @@ def test_app_choices_list_the_folder(tmp_path):
     assert upscaler_choices(tmp_path / "missing", ("lanczos",)) == ["lanczos"]
     assert resolve_choice("a_x2.pth", tmp_path) == str(tmp_path / "a_x2.pth")
     assert resolve_choice("bicubic", tmp_path) == "bicubic"
-    assert resolve_choice("/elsewhere/x.safetensors", tmp_path) == "/elsewhere/x.safetensors"
+    assert resolve_choice("/elsewhere/x.safetensors", tmp_path) == "/elsewhere/x.safetensors"  # the CLI
+    with pytest.raises(ValueError, match="upscaler models folder"):  # a served page: the folder's files only
+        resolve_choice("/elsewhere/x.safetensors", tmp_path, allow_paths=False)
+    with pytest.raises(ValueError, match="upscaler models folder"):
+        resolve_choice("../b_x2.safetensors", tmp_path / "sub", allow_paths=False)
+    assert resolve_choice("a_x2.pth", tmp_path, allow_paths=False) == str(tmp_path / "a_x2.pth")
 
 
 @NEEDS_GRADIO
