@@ -13,6 +13,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from .errors import SupirError
 from .infotext import infotext_line, result_infotext
 from .output_names import output_format
+from .pre_upscale import label as pre_upscaler_label
 
 EXIF_IFD = 0x8769
 USER_COMMENT = 0x9286
@@ -86,7 +87,8 @@ def save_image(image: Image.Image, result, path: Path, model_name: str | None = 
     if fmt == "PNG":
         info = PngImagePlugin.PngInfo()
         info.add_text("parameters", line)
-        info.add_text("supir", json.dumps({**settings.to_dict(), "model": model_name}))
+        values = {**settings.to_dict(), "pre_upscaler": pre_upscaler_label(settings.pre_upscaler)}
+        info.add_text("supir", json.dumps({**values, "model": model_name}))  # file names only, no folders
         extra["pnginfo"] = info
     else:
         exif = Image.Exif()

@@ -36,6 +36,32 @@ def test_infotext_names_a_model_file_without_its_folder(tmp_path):
     assert from_infotext(to_infotext(settings.replace(pre_upscaler="bicubic"))).pre_upscaler == "bicubic"
 
 
+def test_saved_png_names_a_model_file_without_its_folder(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from supir_engine.settings import UpscaleSettings
+    from supir_engine.upscale_io import save_image
+
+    settings = UpscaleSettings(pre_upscaler=str(tmp_path / "models" / "4x-Ultra.safetensors"))
+    result = SimpleNamespace(
+        settings=settings,
+        input_size=(8, 8),
+        output_size=(16, 16),
+        precision=None,
+        memory=None,
+        notes=[],
+        resumed_at=None,
+    )
+    path = save_image(Image.new("RGB", (16, 16)), result, tmp_path / "out.png", "SUPIR-v0Q")
+    with Image.open(path) as saved:
+        text = dict(saved.text)
+    assert json.loads(text["supir"])["pre_upscaler"] == "4x-Ultra.safetensors"
+    assert str(tmp_path) not in text["supir"] and str(tmp_path) not in text["parameters"]
+
+
 def test_app_choices_list_the_folder(tmp_path):
     write_compact(tmp_path / "b_x2.safetensors")
     write_compact(tmp_path / "a_x2.pth")
