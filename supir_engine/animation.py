@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
+from .atomic_files import replacing
 from .errors import SupirError
 
 FORMATS = {".gif": "GIF", ".webp": "WEBP", ".png": "PNG", ".apng": "PNG"}
@@ -65,13 +64,6 @@ def write_animation(
         extra["disposal"] = 2
     elif fmt == "WEBP":
         extra["quality"] = WEBP_QUALITY
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        with open(tmp, "xb") as handle:
-            first.save(handle, format=fmt, **extra)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, open(tmp, "xb") as handle:
+        first.save(handle, format=fmt, **extra)
     return path

@@ -12,10 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 from PIL import Image
 
 from .alpha import keep_alpha
+from .atomic_files import replacing
 from .errors import SupirError
 from .infotext import infotext_line, to_infotext
 from .media import is_video
@@ -73,7 +72,8 @@ class FrameStore:
             shutil.rmtree(self.folder, ignore_errors=True)
         settings = settings.replace(seed=resolve_seed(settings.seed))
         self.folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.folder / JOB_FILE, json.dumps({"key": key, "seed": settings.seed}).encode())
+        with replacing(self.folder / JOB_FILE) as tmp:
+            tmp.write_bytes(json.dumps({"key": key, "seed": settings.seed}).encode())
         return settings
 
     def _read_job(self) -> dict[str, Any] | None:
@@ -89,13 +89,8 @@ class FrameStore:
         return self.path(index).is_file()
 
     def save(self, index: int, image: Image.Image) -> None:
-        tmp = self.folder / f".{uuid.uuid4().hex[:8]}.part"
-        try:
+        with replacing(self.path(index)) as tmp:
             image.save(tmp, format="PNG")
-            os.replace(tmp, self.path(index))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
     def load(self, index: int) -> Image.Image:
         with Image.open(self.path(index)) as image:
@@ -104,12 +99,6 @@ class FrameStore:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def file_digest(path: Path) -> str:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
-import uuid
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from .atomic_files import replacing
 from .errors import SupirError
 from .infotext import infotext_line, result_infotext
 from .output_names import output_format
@@ -97,16 +96,8 @@ def save_image(image: Image.Image, result, path: Path, model_name: str | None = 
         extra["quality"] = JPEG_QUALITY
         if fmt == "JPEG" and image.mode != "RGB":
             image = image.convert("RGB")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: its files are private (0600); this one gets the usual permissions.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        with open(tmp, "xb") as handle:
-            image.save(handle, format=fmt, **extra)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, open(tmp, "xb") as handle:
+        image.save(handle, format=fmt, **extra)
     return path
 
 

@@ -3,8 +3,6 @@ frames with the same timing in the same container, and copy the audio streams un
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -13,6 +11,7 @@ from typing import Any
 
 from PIL import Image
 
+from .atomic_files import replacing
 from .errors import SupirError
 
 # Encoders to try per container, best first; the source's own codec is tried before these.
@@ -117,42 +116,36 @@ def write_video(
     info = probe(path=source)
     suffix = path.suffix.lower()
     encoder = pick_encoder(suffix, info.codec)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part{suffix}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     src = _open(source)
     try:
-        out = av.open(str(tmp), "w", format=_muxer(suffix))
-        try:
-            if comment:
-                out.metadata["comment"] = comment
-            fps = info.fps or Fraction(25)
-            stream = out.add_stream(encoder, rate=fps, options=QUALITY_OPTIONS.get(encoder, {}))
-            stream.pix_fmt = "yuv420p"
-            time_base = info.time_base or 1 / fps
-            stream.time_base = time_base
-            audio = {s.index: out.add_stream_from_template(s) for s in src.streams.audio}
-            sized = False
-            for index, image in enumerate(frames):
-                if not sized:
-                    stream.width, stream.height = image.size
-                    sized = True
-                frame = av.VideoFrame.from_image(image.convert("RGB"))
-                pts = timestamps[index] if index < len(timestamps) else None
-                frame.pts = pts if pts is not None else round(index / fps / time_base)
-                frame.time_base = time_base
-                out.mux(stream.encode(frame))
-            out.mux(stream.encode())
-            if audio:
-                _copy_audio(src, audio, out)
-        finally:
-            out.close()
-        os.replace(tmp, path)
+        with replacing(path, suffix) as tmp:
+            out = av.open(str(tmp), "w", format=_muxer(suffix))
+            try:
+                if comment:
+                    out.metadata["comment"] = comment
+                fps = info.fps or Fraction(25)
+                stream = out.add_stream(encoder, rate=fps, options=QUALITY_OPTIONS.get(encoder, {}))
+                stream.pix_fmt = "yuv420p"
+                time_base = info.time_base or 1 / fps
+                stream.time_base = time_base
+                audio = {s.index: out.add_stream_from_template(s) for s in src.streams.audio}
+                sized = False
+                for index, image in enumerate(frames):
+                    if not sized:
+                        stream.width, stream.height = image.size
+                        sized = True
+                    frame = av.VideoFrame.from_image(image.convert("RGB"))
+                    pts = timestamps[index] if index < len(timestamps) else None
+                    frame.pts = pts if pts is not None else round(index / fps / time_base)
+                    frame.time_base = time_base
+                    out.mux(stream.encode(frame))
+                out.mux(stream.encode())
+                if audio:
+                    _copy_audio(src, audio, out)
+            finally:
+                out.close()
     except av.error.FFmpegError as exc:
-        tmp.unlink(missing_ok=True)
         raise SupirError(f"cannot write {path.name} ({exc})") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         src.close()
     return path
