@@ -92,12 +92,12 @@ def unmerged_overrides(model_or_forge_objects: Any, family: Family) -> dict[str,
 
 
 def _loaded_sd_model() -> Any:
+    """The host adapter's loaded checkpoint (None before Forge's first load); None outside a webui."""
     try:
-        from modules import sd_models
+        from . import hosts
     except ImportError:
         return None
-    model_data = getattr(sd_models, "model_data", None)
-    return getattr(model_data, "sd_model", None)
+    return hosts.current().loaded_model()
 
 
 def _describe(name: str, te: float, unet: float) -> str:
