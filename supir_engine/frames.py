@@ -111,7 +111,7 @@ def file_digest(path: Path) -> str:
 
 
 def job_key(source: Path, settings: UpscaleSettings, model_name: str | None) -> dict[str, Any]:
-    values = json.loads(json.dumps(settings.to_dict()))  # as job.json holds it (tuples become lists)
+    values = settings.to_dict()
     values.pop("seed")
     return {"version": JOB_VERSION, "sha256": file_digest(source), "settings": values, "model": model_name}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -36,7 +35,7 @@ class ResumeRun:
     def open(self, settings: UpscaleSettings, plan: Any, shape: tuple[int, ...]) -> SavedState | None:
         """Key the job from the settings the plan applied; return its saved state when it matches."""
         pipeline = self.pipeline
-        chosen = json.loads(json.dumps(settings.to_dict(), default=str))  # as the state's header holds it
+        chosen = settings.to_dict()
         if self.random_seed:
             chosen["seed"] = -1
         fields = {

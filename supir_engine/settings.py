@@ -89,7 +89,8 @@ class UpscaleSettings:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as JSON values (tuples as lists), as files and saved states hold them."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def _tile_prompt_problems(settings: UpscaleSettings) -> list[str]:
