@@ -16,6 +16,7 @@ import importlib
 import logging
 import types
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ QUANTIZED = (
 )
 _FLOAT_DTYPES = {torch.float32, torch.float16, torch.bfloat16}
 _FP8_DTYPES = {getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n)}
+# The same file install.py looks for (it runs before this package can be imported).
 _CLIP_MERGES = "backend/huggingface/stabilityai/stable-diffusion-xl-base-1.0/tokenizer/merges.txt"
 
 
@@ -108,8 +110,6 @@ def register_host_tokenizer() -> None:
     root = getattr(shared.cmd_opts, "forge_root", None) or getattr(
         importlib.import_module("modules.paths_internal"), "script_path", "."
     )
-    from pathlib import Path
-
     candidate = Path(root) / _CLIP_MERGES
     if candidate.is_file() and candidate not in tokenizer.EXTRA_VOCAB_FILES:
         tokenizer.EXTRA_VOCAB_FILES.append(candidate)
